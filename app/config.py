@@ -1,0 +1,153 @@
+"""Settings: the one place that reads the environment.
+
+Every process (web, consumers, relay, migrations, benchmark) calls `load_settings()` once at
+start-up and passes the frozen result down. Nothing reads `os.environ` at import time, so tests
+build a `Settings` by hand and nothing leaks between them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+DISPATCH_MODES = ("serial", "parallel", "queued")
+DEFAULT_SECRET_KEY = "dev-only-not-secret"  # noqa: S105 - refused in production, see validate()
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = "development"
+    secret_key: str = DEFAULT_SECRET_KEY
+    database_url: str = "sqlite:///instance/offload.db"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    dispatch_mode: str = "queued"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str = "http://127.0.0.1:8000"
+    log_level: str = "INFO"
+    web_pool_size: int = 1000
+    tcp_nodelay: bool = True
+    max_body_bytes: int = 16 * 1024
+    # How long a request may wait for the broker's publisher confirms before it answers anyway
+    # and leaves the jobs to the outbox relay.
+    publish_timeout: float = 0.2
+    publisher_pool_size: int = 8
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_timeout: float = 10.0
+    mail_from: str = "Offload <no-reply@offload.example>"
+    sms_gateway_url: str = "http://127.0.0.1:1026/messages"
+    sms_timeout: float = 10.0
+    consumer_concurrency: int = 10
+    consumer_prefetch: int = 20
+    max_attempts: int = 5
+    retry_delays_ms: tuple[int, ...] = (1_000, 5_000, 30_000, 120_000)
+    relay_interval: float = 1.0
+    relay_batch_size: int = 200
+    # A pending outbox row younger than this belongs to the request that wrote it; the relay
+    # leaves it alone so the normal path is not published twice.
+    relay_grace_seconds: float = 5.0
+    verification_max_age: int = 48 * 3600
+    sms_code_max_age: int = 15 * 60
+    sms_code_max_attempts: int = 5
+
+    def validate(self) -> Settings:
+        if self.dispatch_mode not in DISPATCH_MODES:
+            raise ConfigError(
+                f"DISPATCH_MODE must be one of {', '.join(DISPATCH_MODES)}, "
+                f"not {self.dispatch_mode!r}"
+            )
+        if self.environment == "production" and self.secret_key == DEFAULT_SECRET_KEY:
+            raise ConfigError("SECRET_KEY must be set to a random value in production")
+        if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
+            raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
+        return self
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes).validate()
+
+
+def _bool(raw: str, name: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _int(raw: str, name: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+def _float(raw: str, name: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _delays(raw: str, name: str) -> tuple[int, ...]:
+    return tuple(_int(part, name) for part in raw.split(",") if part.strip())
+
+
+# Environment variable -> (field, parser). One line each; the README's table mirrors this.
+_VARIABLES: dict[str, tuple[str, Any]] = {
+    "OFFLOAD_ENV": ("environment", str),
+    "SECRET_KEY": ("secret_key", str),
+    "DATABASE_URL": ("database_url", str),
+    "AMQP_URL": ("amqp_url", str),
+    "DISPATCH_MODE": ("dispatch_mode", str),
+    "HOST": ("host", str),
+    "PORT": ("port", _int),
+    "BASE_URL": ("base_url", str),
+    "LOG_LEVEL": ("log_level", str),
+    "WEB_POOL_SIZE": ("web_pool_size", _int),
+    "TCP_NODELAY": ("tcp_nodelay", _bool),
+    "MAX_BODY_BYTES": ("max_body_bytes", _int),
+    "PUBLISH_TIMEOUT": ("publish_timeout", _float),
+    "PUBLISHER_POOL_SIZE": ("publisher_pool_size", _int),
+    "SMTP_HOST": ("smtp_host", str),
+    "SMTP_PORT": ("smtp_port", _int),
+    "SMTP_USERNAME": ("smtp_username", str),
+    "SMTP_PASSWORD": ("smtp_password", str),
+    "SMTP_STARTTLS": ("smtp_starttls", _bool),
+    "SMTP_TIMEOUT": ("smtp_timeout", _float),
+    "MAIL_FROM": ("mail_from", str),
+    "SMS_GATEWAY_URL": ("sms_gateway_url", str),
+    "SMS_TIMEOUT": ("sms_timeout", _float),
+    "CONSUMER_CONCURRENCY": ("consumer_concurrency", _int),
+    "CONSUMER_PREFETCH": ("consumer_prefetch", _int),
+    "MAX_ATTEMPTS": ("max_attempts", _int),
+    "RETRY_DELAYS_MS": ("retry_delays_ms", _delays),
+    "RELAY_INTERVAL": ("relay_interval", _float),
+    "RELAY_BATCH_SIZE": ("relay_batch_size", _int),
+    "RELAY_GRACE_SECONDS": ("relay_grace_seconds", _float),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment (or the mapping given), validated."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for variable, (field, parse) in _VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None:
+            continue
+        values[field] = parse(raw) if parse is str else parse(raw, variable)
+    settings = Settings(**values)
+    if "BASE_URL" not in env and "PORT" in env:
+        settings = replace(settings, base_url=f"http://{settings.host}:{settings.port}")
+    return settings.validate()

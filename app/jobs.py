@@ -1,0 +1,98 @@
+"""The message contract between the web app, the relay and the consumers.
+
+Topology names live here and nowhere else. A job is versioned JSON (never pickle) and carries the
+id of its notification row, which is how consumers find the ledger entry and skip a job that
+was already sent when RabbitMQ delivers it again.
+
+    offload.jobs (direct) --email--> offload.email --(retry)--> offload.email.retry.<ms> --TTL--+
+                          --sms----> offload.sms                                               |
+                          <-------------------------------- dead-lettered back, same key ------+
+    offload.parked (direct) --email--> offload.email.parked   (permanent failures, poison)
+                            --sms----> offload.sms.parked
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+JOBS_EXCHANGE = "offload.jobs"
+PARKED_EXCHANGE = "offload.parked"
+CHANNELS: tuple[str, ...] = ("email", "sms")
+SCHEMA_VERSION = 1
+
+
+def work_queue(channel: str) -> str:
+    return f"offload.{channel}"
+
+
+def retry_queue(channel: str, delay_ms: int) -> str:
+    return f"offload.{channel}.retry.{delay_ms}"
+
+
+def parked_queue(channel: str) -> str:
+    return f"offload.{channel}.parked"
+
+
+class MalformedJob(ValueError):
+    """The message body is not a job this version understands; it goes to the parking queue."""
+
+
+@dataclass(frozen=True)
+class EmailJob:
+    notification_id: str
+    to: str
+    subject: str
+    text: str
+    kind: Literal["email"] = "email"
+
+
+@dataclass(frozen=True)
+class SmsJob:
+    notification_id: str
+    to: str
+    body: str
+    kind: Literal["sms"] = "sms"
+
+
+Job = EmailJob | SmsJob
+
+_FIELDS: dict[str, tuple[type[EmailJob] | type[SmsJob], tuple[str, ...]]] = {
+    "email": (EmailJob, ("notification_id", "to", "subject", "text")),
+    "sms": (SmsJob, ("notification_id", "to", "body")),
+}
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return {"v": SCHEMA_VERSION, **asdict(job)}
+
+
+def encode_job(job: Job) -> bytes:
+    return json.dumps(job_to_dict(job), separators=(",", ":")).encode()
+
+
+def job_from_dict(data: Any) -> Job:
+    if not isinstance(data, dict):
+        raise MalformedJob("job is not a JSON object")
+    if data.get("v") != SCHEMA_VERSION:
+        raise MalformedJob(f"unsupported job version {data.get('v')!r}")
+    kind = data.get("kind")
+    if kind not in _FIELDS:
+        raise MalformedJob(f"unknown job kind {kind!r}")
+    cls, fields = _FIELDS[kind]
+    values: dict[str, str] = {}
+    for field in fields:
+        value = data.get(field)
+        if not isinstance(value, str) or not value:
+            raise MalformedJob(f"{kind} job field {field!r} must be a non-empty string")
+        values[field] = value
+    return cls(**values)  # type: ignore[arg-type]
+
+
+def decode_job(body: bytes) -> Job:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedJob(f"body is not JSON: {exc}") from None
+    return job_from_dict(data)

@@ -1,0 +1,77 @@
+"""The two tables: users, and notifications (the outbox and the send ledger in one).
+
+A notification row is written in the same transaction as its user. Its status tells the whole
+story of the job:
+
+    pending  written, not yet handed to the broker (the relay publishes these)
+    queued   confirmed by the broker, waiting for a consumer
+    sent     the SMTP server or SMS gateway accepted it (consumers skip these on redelivery)
+    failed   gave up: permanent error, or attempts exhausted (the job sits in the parking queue)
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base
+
+NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed")
+CHANNELS = ("email", "sms")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    phone: Mapped[str] = mapped_column(String(20), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    email_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    phone_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The SMS code is stored as a keyed hash, never in clear.
+    sms_code_hash: Mapped[str | None] = mapped_column(String(128))
+    sms_code_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sms_code_attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    notifications: Mapped[list[Notification]] = relationship(
+        back_populates="user", order_by="Notification.channel", lazy="selectin"
+    )
+
+    @property
+    def verified(self) -> bool:
+        return self.email_verified_at is not None and self.phone_verified_at is not None
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+    __table_args__ = (Index(None, "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    # The job as it goes on the wire; kept so the relay can publish it again.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Relay lease: a relay that claims a row owns it until this time.
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship(back_populates="notifications")

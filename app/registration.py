@@ -1,0 +1,224 @@
+"""The registration domain: validate, store the user with its outbox, hand off the notifications.
+
+One path for the JSON API and the browser form; each view maps these errors to its own output.
+No Flask here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import DISPATCH_MODES, Settings
+from app.jobs import EmailJob, SmsJob, job_to_dict
+from app.models import Notification, User, new_id, utcnow
+from app.verification import hash_sms_code, make_email_token, make_sms_code
+
+if TYPE_CHECKING:
+    from app.dispatch import Dispatcher
+
+NAME_MAX_LENGTH = 200
+# Without a leading +country code, numbers are read as this region's.
+DEFAULT_PHONE_REGION = "US"
+
+
+class RegistrationError(Exception):
+    """Base of what a registration can refuse; `fields` maps a field name to its message."""
+
+    def __init__(self, message: str, fields: dict[str, str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class InvalidRegistration(RegistrationError):
+    pass
+
+
+class AlreadyRegistered(RegistrationError):
+    pass
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    email: str
+    phone: str  # E.164
+
+
+@dataclass
+class Registered:
+    user: User
+    notifications: list[Notification]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _text(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value.strip() if isinstance(value, str) else None
+
+
+def validate_registration(data: Mapping[str, Any]) -> Registration:
+    """Return a clean Registration, or raise InvalidRegistration naming every bad field."""
+    errors: dict[str, str] = {}
+
+    name = _text(data, "name")
+    if not name:
+        errors["name"] = "Enter your name."
+    elif len(name) > NAME_MAX_LENGTH:
+        errors["name"] = f"Use at most {NAME_MAX_LENGTH} characters."
+    elif not name.isprintable():
+        errors["name"] = "Use printable characters only."
+
+    email = _text(data, "email")
+    if not email:
+        errors["email"] = "Enter your email address."
+    else:
+        try:
+            # No DNS look-up: it is slow, and a registration should not depend on the network.
+            email = validate_email(email, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            errors["email"] = str(exc)
+
+    phone = _text(data, "phone")
+    if not phone:
+        errors["phone"] = "Enter your mobile phone number."
+    else:
+        try:
+            parsed = phonenumbers.parse(phone, DEFAULT_PHONE_REGION)
+        except phonenumbers.NumberParseException:
+            errors["phone"] = "Enter a phone number, with its country code (e.g. +44 7700 900123)."
+        else:
+            if not phonenumbers.is_valid_number(parsed):
+                errors["phone"] = "This is not a valid phone number."
+            else:
+                phone = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+    if errors:
+        raise InvalidRegistration("Some fields are missing or invalid.", errors)
+    assert name and email and phone
+    return Registration(name=name, email=email, phone=phone)
+
+
+def _duplicate_fields(session: Session, registration: Registration) -> dict[str, str]:
+    taken = session.execute(
+        select(User.email, User.phone).where(
+            or_(User.email == registration.email, User.phone == registration.phone)
+        )
+    ).all()
+    fields: dict[str, str] = {}
+    if any(row.email == registration.email for row in taken):
+        fields["email"] = "This email address is already registered."
+    if any(row.phone == registration.phone for row in taken):
+        fields["phone"] = "This phone number is already registered."
+    return fields or {"email": "This email address or phone number is already registered."}
+
+
+def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
+    email_id, sms_id = new_id(), new_id()
+    token = make_email_token(settings.secret_key, user.id, user.email)
+    link = f"{settings.base_url.rstrip('/')}/verify-email/{token}"
+    email = EmailJob(
+        notification_id=email_id,
+        to=user.email,
+        subject="Welcome to Offload: confirm your email address",
+        text=(
+            f"Hello {user.name},\n\n"
+            f"Thanks for signing up. Confirm your email address by opening this link:\n\n"
+            f"{link}\n\n"
+            f"The link works for {settings.verification_max_age // 3600} hours.\n"
+        ),
+    )
+    sms = SmsJob(
+        notification_id=sms_id,
+        to=user.phone,
+        body=f"Your Offload verification code is {sms_code}. It expires in "
+        f"{settings.sms_code_max_age // 60} minutes.",
+    )
+    return [
+        Notification(id=email_id, user_id=user.id, channel="email", payload=job_to_dict(email)),
+        Notification(id=sms_id, user_id=user.id, channel="sms", payload=job_to_dict(sms)),
+    ]
+
+
+def register_user(session: Session, settings: Settings, registration: Registration) -> Registered:
+    """Write the user and its two outbox rows in one transaction, and commit.
+
+    The unique indexes decide whether the email or phone is taken, so two simultaneous
+    registrations of the same address cannot both succeed.
+    """
+    started = time.perf_counter()
+    code = make_sms_code()
+    user = User(
+        id=new_id(),
+        name=registration.name,
+        email=registration.email,
+        phone=registration.phone,
+        created_at=utcnow(),
+        sms_code_attempts=0,
+    )
+    user.sms_code_hash = hash_sms_code(settings.secret_key, user.id, code)
+    user.sms_code_expires_at = user.created_at + timedelta(seconds=settings.sms_code_max_age)
+    notifications = build_notifications(settings, user, code)
+    session.add(user)
+    session.add_all(notifications)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise AlreadyRegistered(
+            "Already registered.", _duplicate_fields(session, registration)
+        ) from None
+    elapsed = (time.perf_counter() - started) * 1000
+    return Registered(user=user, notifications=notifications, timings_ms={"db": elapsed})
+
+
+def register_and_notify(
+    session: Session,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    data: Mapping[str, Any],
+    mode: str,
+) -> Registered:
+    """The whole use case, shared by the API and the form: validate, store, hand off."""
+    if mode not in DISPATCH_MODES:
+        raise InvalidRegistration(
+            "Unknown dispatch mode.", {"mode": f"Use one of: {', '.join(DISPATCH_MODES)}."}
+        )
+    registered = register_user(session, settings, validate_registration(data))
+    registered.timings_ms.update(dispatcher.dispatch(mode, session, registered.notifications))
+    return registered
+
+
+def describe_user(user: User) -> dict[str, Any]:
+    """The public view of a user and its notifications (API and status page)."""
+    return {
+        "id": user.id,
+        "name": user.name,
+        "email": user.email,
+        "phone": user.phone,
+        "verified": user.verified,
+        "email_verified": user.email_verified_at is not None,
+        "phone_verified": user.phone_verified_at is not None,
+        "created_at": user.created_at.isoformat(),
+        "notifications": [
+            {
+                "id": n.id,
+                "channel": n.channel,
+                "status": n.status,
+                "attempts": n.attempts,
+                "last_error": n.last_error,
+                "sent_at": n.sent_at.isoformat() if n.sent_at else None,
+            }
+            for n in user.notifications
+        ],
+    }

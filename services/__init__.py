@@ -1,0 +1,1 @@
+"""What runs outside the request: senders, consumers, the outbox relay, and the local sinks."""

@@ -1,0 +1,85 @@
+"""Email through any SMTP server, with smtplib.
+
+The wire contract: one SMTP session per message to SMTP_HOST:SMTP_PORT, optional STARTTLS and
+login, a timeout on every socket operation. The notification id travels in the Message-ID and an
+`X-Offload-Notification` header, so a receiving sink (or a human) can match mail to ledger rows.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+from app.config import Settings
+from app.jobs import EmailJob
+from services.delivery import PermanentSendError, TransientSendError
+
+
+def build_message(job: EmailJob, mail_from: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = job.to
+    message["Subject"] = job.subject
+    message["Message-ID"] = make_msgid(idstring=job.notification_id, domain="offload.local")
+    message["X-Offload-Notification"] = job.notification_id
+    message.set_content(job.text)
+    return message
+
+
+class SmtpEmailSender:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        mail_from: str,
+        username: str = "",
+        password: str = "",
+        starttls: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.mail_from = mail_from
+        self.username = username
+        self.password = password
+        self.starttls = starttls
+        self.timeout = timeout
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpEmailSender:
+        return cls(
+            settings.smtp_host,
+            settings.smtp_port,
+            mail_from=settings.mail_from,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            starttls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout,
+        )
+
+    def send(self, job: EmailJob) -> None:
+        message = build_message(job, self.mail_from)
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                if self.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.username:
+                    smtp.login(self.username, self.password)
+                smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            raise _classify(min(codes), f"recipient refused: {exc.recipients}") from exc
+        except smtplib.SMTPResponseException as exc:
+            raise _classify(exc.smtp_code, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientSendError(f"SMTP connection failed: {exc!r}") from exc
+
+
+def _classify(code: int, detail: str) -> TransientSendError | PermanentSendError:
+    # RFC 5321: 4yz is a transient negative reply, 5yz a permanent one.
+    if 400 <= code < 500:
+        return TransientSendError(detail)
+    return PermanentSendError(detail)

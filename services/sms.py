@@ -1,0 +1,49 @@
+"""SMS through an HTTP gateway.
+
+The wire contract: `POST SMS_GATEWAY_URL` with JSON `{"to": "+E164", "body": ..., "idempotency_key":
+...}`, the key being the notification id (also sent as the `Idempotency-Key` header) so a gateway
+that honours it never sends twice, even when a timed-out request did reach it. 2xx is sent, 4xx a
+permanent failure (but 408, 425 and 429), 5xx or a timeout transient.
+"""
+
+from __future__ import annotations
+
+import requests
+
+from app.config import Settings
+from app.jobs import SmsJob
+from services.delivery import PermanentSendError, TransientSendError
+
+
+# Timeout, too early, rate limited: the gateway asks us to come back, not to give up.
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+class HttpSmsSender:
+    def __init__(self, gateway_url: str, *, timeout: float = 10.0) -> None:
+        self.gateway_url = gateway_url
+        self.timeout = timeout
+        # Keep-alive to the gateway: one pooled HTTP session per sender.
+        self._http = requests.Session()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HttpSmsSender:
+        return cls(settings.sms_gateway_url, timeout=settings.sms_timeout)
+
+    def send(self, job: SmsJob) -> None:
+        payload = {"to": job.to, "body": job.body, "idempotency_key": job.notification_id}
+        try:
+            response = self._http.post(
+                self.gateway_url,
+                json=payload,
+                headers={"Idempotency-Key": job.notification_id},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise TransientSendError(f"SMS gateway unreachable: {exc!r}") from exc
+        if 200 <= response.status_code < 300:
+            return
+        detail = f"SMS gateway answered {response.status_code}: {response.text[:200]!r}"
+        if 400 <= response.status_code < 500 and response.status_code not in _RETRYABLE_4XX:
+            raise PermanentSendError(detail)
+        raise TransientSendError(detail)

@@ -1,0 +1,119 @@
+"""The WSGI entry point.
+
+`gunicorn -k gevent wsgi:app` imports `app` from here (gunicorn's gevent worker patches first).
+Run as a script, it serves with gevent's WSGIServer: a bounded pool of greenlets, TCP_NODELAY on
+the listening socket, and a SIGTERM that stops accepting and drains in-flight requests.
+"""
+
+from gevent import monkey
+
+# Patch before anything imports socket, ssl, threading or time: pika, smtplib and requests
+# must see gevent's cooperative versions.
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.pool import Pool  # noqa: E402
+from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.config import ConfigError, load_settings  # noqa: E402
+
+log = logging.getLogger("offload.web")
+
+DRAIN_SECONDS = 10.0
+
+
+def __getattr__(name: str) -> object:
+    # `app` is built on first access, not at import, so importing wsgi never reads the
+    # environment or opens anything (gunicorn accesses it in each worker, after the fork).
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
+
+
+def listening_socket(host: str, port: int, *, nodelay: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if nodelay:
+        # gevent's handler writes the headers and the body in separate small sends; with Nagle
+        # on, the second waits for the client's delayed ACK (~40 ms per keep-alive request).
+        # Accepted sockets inherit the option from the listener on Linux.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class QuietHandler(WSGIHandler):
+    """No access line per request: structured logs and metrics cover it, at a fraction of the cost."""
+
+    def log_request(self) -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve Offload with gevent's WSGIServer.")
+    parser.add_argument("--host", help="overrides HOST")
+    parser.add_argument("--port", type=int, help="overrides PORT")
+    parser.add_argument(
+        "--no-nodelay", action="store_true",
+        help="leave Nagle's algorithm on (to show the delayed-ACK stall; never in production)",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log a line per request")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict[str, object] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.no_nodelay:
+        overrides["tcp_nodelay"] = False
+    settings = settings.with_overrides(**overrides) if overrides else settings
+
+    application = create_app(settings)
+    sock = listening_socket(settings.host, settings.port, nodelay=settings.tcp_nodelay)
+    server = WSGIServer(
+        sock,
+        application,
+        spawn=Pool(settings.web_pool_size),
+        handler_class=WSGIHandler if args.access_log else QuietHandler,
+        log=None if not args.access_log else "default",
+    )
+
+    def stop(signum: int) -> None:
+        if server.closed:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("signal %s: draining requests for up to %.0fs", signum, DRAIN_SECONDS)
+        gevent.spawn(server.stop, timeout=DRAIN_SECONDS)
+
+    gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+    gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    server.start()
+    address = server.address
+    log.info("serving on http://%s:%s (tcp_nodelay=%s)", address[0], address[1], settings.tcp_nodelay)
+    print(f"offload web listening on http://{address[0]}:{address[1]}", flush=True)
+    server.serve_forever(stop_timeout=DRAIN_SECONDS)
+    application.extensions["offload.dispatcher"].publisher.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
