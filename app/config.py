@@ -32,6 +32,7 @@ class Settings:
     base_url: str = "http://127.0.0.1:8000"
     log_level: str = "INFO"
     web_pool_size: int = 1000
+    web_workers: int = 2
     tcp_nodelay: bool = True
     max_body_bytes: int = 16 * 1024
     # How long a request may wait for the broker's publisher confirms before it answers anyway
@@ -115,6 +116,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BASE_URL": ("base_url", str),
     "LOG_LEVEL": ("log_level", str),
     "WEB_POOL_SIZE": ("web_pool_size", _int),
+    "WEB_WORKERS": ("web_workers", _int),
     "TCP_NODELAY": ("tcp_nodelay", _bool),
     "MAX_BODY_BYTES": ("max_body_bytes", _int),
     "PUBLISH_TIMEOUT": ("publish_timeout", _float),

@@ -96,7 +96,7 @@ def validate_registration(data: Mapping[str, Any]) -> Registration:
         try:
             parsed = phonenumbers.parse(phone, DEFAULT_PHONE_REGION)
         except phonenumbers.NumberParseException:
-            errors["phone"] = "Enter a phone number, with its country code (e.g. +44 7700 900123)."
+            errors["phone"] = "Enter a phone number, with its country code (e.g. +44 7911 123456)."
         else:
             if not phonenumbers.is_valid_number(parsed):
                 errors["phone"] = "This is not a valid phone number."

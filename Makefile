@@ -1,0 +1,61 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install what is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
+
+.PHONY: run test check bench soak lock clean rabbitmq chromium deps
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+deps: $(STAMP)
+
+# Debian's RabbitMQ: installed when missing and we are root; otherwise say what to do.
+rabbitmq:
+	@if [ ! -x $(RABBITMQ_SERVER) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing rabbitmq-server (Debian package)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
+	  else \
+	    echo "RabbitMQ is missing: run 'sudo apt-get install -y rabbitmq-server' (or set AMQP_URL)"; \
+	    [ -n "$$AMQP_URL" ] || exit 1; \
+	  fi; \
+	fi
+
+# Debian's Chromium, for the browser tests (skipped without it, except in CI).
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+run: deps rabbitmq
+	$(BIN)/python -m services.stack
+
+test: deps
+	@[ -x $(RABBITMQ_SERVER) ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory rabbitmq
+	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory chromium
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+check: deps
+	scripts/check
+
+bench: deps rabbitmq
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+soak: deps rabbitmq
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# Regenerate the lock files from pyproject.toml (needs uv: pip install uv).
+lock:
+	uv pip compile pyproject.toml --python-version 3.11 -q -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,18 @@
+"""gunicorn settings for `gunicorn -c gunicorn.conf.py wsgi:app` (the Procfile's web line).
+
+Addresses come from the application's settings (HOST, PORT). Never `preload_app` with gevent: the
+app, and with it each worker's broker connections, must be created after the fork.
+"""
+
+from app.config import load_settings
+
+_settings = load_settings()
+
+bind = f"{_settings.host}:{_settings.port}"
+worker_class = "gevent"
+workers = _settings.web_workers
+worker_connections = _settings.web_pool_size
+preload_app = False
+graceful_timeout = 10
+keepalive = 5
+accesslog = None

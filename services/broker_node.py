@@ -1,0 +1,186 @@
+"""A private RabbitMQ node under a project folder, for the demo, the benchmark and the tests.
+
+It runs Debian's `rabbitmq-server` directly with its own node name, ports, data, logs, plugins
+file, pid file and HOME (so its own Erlang cookie), and never touches the system service.
+Several can run side by side (`make run` and `make test` at once) as long as ports differ.
+
+    python -m services.broker_node start --dir .run/rabbitmq --port 5673
+    python -m services.broker_node stop --dir .run/rabbitmq --port 5673
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+START_TIMEOUT = 60
+
+
+class BrokerNodeError(RuntimeError):
+    """The node could not be started or stopped; the message says why and what to do."""
+
+
+def rabbitmq_installed() -> bool:
+    return os.path.exists(SERVER) and os.path.exists(CTL)
+
+
+class RabbitNode:
+    def __init__(self, base_dir: str | Path, port: int, *, dist_port: int | None = None) -> None:
+        self.base_dir = Path(base_dir).resolve()
+        self.port = port
+        self.dist_port = dist_port or port + 20000
+        self.nodename = f"offload{port}@localhost"
+        self.pid_file = self.base_dir / "rabbit.pid"
+        self.log_dir = self.base_dir / "log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.base_dir / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.log_dir),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base_dir / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(self.pid_file),
+            RABBITMQ_CONFIG_FILE=str(self.base_dir / "rabbitmq"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base_dir / "advanced.config"),
+            HOME=str(self.base_dir),
+        )
+        return env
+
+    def _prepare(self) -> None:
+        if not rabbitmq_installed():
+            raise BrokerNodeError(
+                "RabbitMQ is not installed: run `apt-get install -y rabbitmq-server` as root "
+                "(Debian), or set AMQP_URL to a broker you run yourself."
+            )
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.base_dir / "enabled_plugins").write_text("[].\n")
+        (self.base_dir / "advanced.config").write_text("[].\n")
+        # The free-disk limit defaults to 50 MB; keep it, but say where to look if it trips.
+        (self.base_dir / "rabbitmq.conf").write_text(
+            "loopback_users.guest = true\nlog.file.level = warning\n"
+        )
+
+    def _ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CTL, "-n", self.nodename, *args],
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def is_running(self) -> bool:
+        return self._ctl("status", timeout=30).returncode == 0
+
+    def start(self, *, timeout: float = START_TIMEOUT) -> None:
+        """Start the node and return once it accepts connections."""
+        self._prepare()
+        if self.pid_file.exists():
+            self.pid_file.unlink()
+        with open(self.log_dir / "startup.log", "ab") as startup_log:
+            self._process = subprocess.Popen(
+                [SERVER],
+                env=self.environment(),
+                stdout=startup_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal is handled by our parent
+            )
+        deadline = time.monotonic() + timeout
+        while not self.pid_file.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise BrokerNodeError(f"RabbitMQ did not start; see {self.log_dir}/startup.log")
+            time.sleep(0.1)
+        result = self._ctl("wait", str(self.pid_file), "--timeout", str(int(timeout)))
+        if result.returncode != 0:
+            self.kill()
+            raise BrokerNodeError(
+                f"RabbitMQ node {self.nodename} did not become ready: {result.stderr.strip()}"
+                f" (logs in {self.log_dir})"
+            )
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        """Stop gracefully (queues are flushed to disk), falling back to SIGKILL by PID."""
+        pid = self.pid()
+        result = self._ctl("stop", str(self.pid_file), timeout=60) if pid else None
+        if result is None or result.returncode != 0:
+            self.kill()
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self._process = None
+
+    def kill(self) -> None:
+        pid = self.pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def wipe(self) -> None:
+        """Remove the node's data (only when it is stopped)."""
+        shutil.rmtree(self.base_dir / "mnesia", ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start or stop a private RabbitMQ node.")
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--dir", default=".run/rabbitmq", help="the node's folder")
+    parser.add_argument("--port", type=int, default=5673, help="AMQP port (default 5673)")
+    args = parser.parse_args(argv)
+    node = RabbitNode(args.dir, args.port)
+    try:
+        if args.action == "start":
+            started = time.monotonic()
+            node.start()
+            print(f"RabbitMQ node {node.nodename} ready in {time.monotonic() - started:.1f}s "
+                  f"at {node.amqp_url}")
+        elif args.action == "stop":
+            node.stop()
+            print(f"RabbitMQ node {node.nodename} stopped")
+        else:
+            running = node.is_running()
+            print(f"RabbitMQ node {node.nodename}: {'running' if running else 'not running'}")
+            return 0 if running else 1
+    except BrokerNodeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

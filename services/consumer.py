@@ -1,0 +1,247 @@
+"""The consume loop: one process per job type, many sends at once, acks after the work.
+
+Threading model (under gevent): the main greenlet owns the pika connection and both channels
+and is the only one that touches them. Deliveries go onto a local queue that `concurrency`
+worker greenlets drain; a worker hands its verdict back with `add_callback_threadsafe`, which
+wakes the main greenlet to ack, schedule a retry, or park the message.
+
+Shutdown is two-step: the first SIGTERM cancels the subscription, requeues what was delivered
+but not started, lets in-flight sends finish (bounded) and exits 0; a second exits at once (the
+broker requeues whatever was unacked).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.queue
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.jobs import PARKED_EXCHANGE, Job, retry_queue, work_queue
+from app.messaging import connection_parameters, declare_topology
+from services.handlers import Ack, Park, Retry, RetryPolicy, Verdict, handle_message
+from services.delivery import Sender
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF_START = 0.5
+RECONNECT_BACKOFF_CAP = 30.0
+DRAIN_SECONDS = 30.0
+
+
+@dataclass
+class Delivery:
+    generation: int
+    delivery_tag: int
+    body: bytes
+    properties: BasicProperties
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        channel: str,
+        amqp_url: str,
+        sender: Sender[Job],
+        sessions: sessionmaker[Session],
+        policy: RetryPolicy,
+        concurrency: int,
+        prefetch: int,
+        queue_type: str = "classic",
+    ) -> None:
+        self.channel_name = channel
+        self.queue = work_queue(channel)
+        self.sender = sender
+        self.sessions = sessions
+        self.policy = policy
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.queue_type = queue_type
+        self.params = connection_parameters(amqp_url, name=f"offload-consumer-{channel}")
+        self._work: gevent.queue.Queue[Delivery] = gevent.queue.Queue()
+        self._in_flight = 0
+        self._stopping = False
+        # Bumped on every reconnect: a verdict for a delivery from an older connection is
+        # dropped, since its delivery tag means nothing on the new one (the broker redelivers).
+        self._generation = 0
+        self._connection: pika.BlockingConnection | None = None
+        self._consume_channel: BlockingChannel | None = None
+        self._publish_channel: BlockingChannel | None = None
+        self._consumer_tag: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self._stopping:
+            log.warning("second stop signal: exiting now; the broker requeues unacked jobs")
+            os._exit(1)
+        log.info("stop requested: finishing in-flight jobs", extra={"in_flight": self._in_flight})
+        self._stopping = True
+
+    def run(self) -> None:
+        """Consume until stopped, reconnecting with capped backoff when the broker goes away."""
+        workers = [gevent.spawn(self._worker) for _ in range(self.concurrency)]
+        backoff = RECONNECT_BACKOFF_START
+        try:
+            while not self._stopping:
+                try:
+                    self._connect()
+                    backoff = RECONNECT_BACKOFF_START
+                    self._consume_until_stopped()
+                    self._drain()
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    self._forget_connection()
+                    if self._stopping:
+                        break
+                    log.warning("broker connection lost (%r); reconnecting in %.1fs", exc, backoff)
+                    gevent.sleep(backoff)
+                    backoff = min(backoff * 2, RECONNECT_BACKOFF_CAP)
+        finally:
+            gevent.killall(workers, timeout=1)
+            self._close()
+
+    def _connect(self) -> None:
+        self._generation += 1
+        self._connection = pika.BlockingConnection(self.params)
+        publish_channel = self._connection.channel()
+        publish_channel.confirm_delivery()
+        declare_topology(publish_channel, self.policy.delays_ms, queue_type=self.queue_type)
+        consume_channel = self._connection.channel()
+        consume_channel.basic_qos(prefetch_count=self.prefetch)
+        self._consumer_tag = consume_channel.basic_consume(self.queue, self._on_message)
+        self._publish_channel, self._consume_channel = publish_channel, consume_channel
+        log.info(
+            "consuming %s", self.queue,
+            extra={"concurrency": self.concurrency, "prefetch": self.prefetch},
+        )
+
+    def _consume_until_stopped(self) -> None:
+        assert self._connection is not None and self._consume_channel is not None
+        while not self._stopping:
+            self._connection.process_data_events(time_limit=1)
+            if not self._consume_channel.consumer_tags:
+                # The broker cancelled us (queue deleted, node failover): subscribe again.
+                raise pika.exceptions.ConsumerCancelled("subscription cancelled by the broker")
+
+    def _drain(self) -> None:
+        """Stop receiving, requeue what no worker started, wait for the sends in flight."""
+        assert self._connection is not None and self._consume_channel is not None
+        if self._consumer_tag is not None:
+            self._consume_channel.basic_cancel(self._consumer_tag)
+        while not self._work.empty():
+            delivery = self._work.get_nowait()
+            self._consume_channel.basic_nack(delivery.delivery_tag, requeue=True)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self._in_flight and time.monotonic() < deadline:
+            self._connection.process_data_events(time_limit=0.1)
+        self._connection.process_data_events(time_limit=0)
+
+    def _forget_connection(self) -> None:
+        self._connection = self._consume_channel = self._publish_channel = None
+        # Deliveries not yet started belong to the dead connection: the broker redelivers them.
+        while not self._work.empty():
+            self._work.get_nowait()
+
+    def _close(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            try:
+                self._connection.close()
+            except (pika.exceptions.AMQPError, OSError):
+                log.debug("closing the connection failed", exc_info=True)
+        self._forget_connection()
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _on_message(
+        self,
+        _channel: BlockingChannel,
+        method: Basic.Deliver,
+        properties: BasicProperties,
+        body: bytes,
+    ) -> None:
+        self._work.put(Delivery(self._generation, method.delivery_tag, body, properties))
+
+    def _worker(self) -> None:
+        while True:
+            delivery = self._work.get()
+            self._in_flight += 1
+            try:
+                verdict = self._decide(delivery)
+            finally:
+                self._in_flight -= 1
+            connection = self._connection
+            if connection is None or delivery.generation != self._generation:
+                continue
+            try:
+                connection.add_callback_threadsafe(functools.partial(self._settle, delivery, verdict))
+            except (pika.exceptions.AMQPError, OSError):
+                log.debug("connection gone before settling; the broker redelivers", exc_info=True)
+
+    def _decide(self, delivery: Delivery) -> Verdict:
+        try:
+            return handle_message(
+                delivery.body,
+                channel=self.channel_name,
+                sender=self.sender,
+                sessions=self.sessions,
+                policy=self.policy,
+            )
+        except Exception as exc:  # noqa: BLE001 - a bug or a database outage: retry, not crash
+            log.exception("handling a %s job failed unexpectedly", self.channel_name)
+            return Retry(self.policy.delay_after(1), f"unexpected error: {exc!r}")
+
+    def _settle(self, delivery: Delivery, verdict: Verdict) -> None:
+        """Runs on the main greenlet: carry out a verdict, then ack the delivery."""
+        if delivery.generation != self._generation or self._consume_channel is None:
+            return
+        assert self._publish_channel is not None
+        if isinstance(verdict, Retry):
+            self._publish_channel.basic_publish(
+                "",
+                routing_key=retry_queue(self.channel_name, verdict.delay_ms),
+                body=delivery.body,
+                properties=_with_headers(delivery.properties, {"x-offload-last-error": verdict.reason[:500]}),
+            )
+        elif isinstance(verdict, Park):
+            log.warning("parking a %s job: %s", self.channel_name, verdict.reason)
+            self._publish_channel.basic_publish(
+                PARKED_EXCHANGE,
+                routing_key=self.channel_name,
+                body=delivery.body,
+                properties=_with_headers(
+                    delivery.properties,
+                    {"x-offload-reason": verdict.reason[:500], "x-offload-parked-at": int(time.time())},
+                ),
+            )
+        # Ack only after the retry or parked copy is confirmed: a crash in between leaves the
+        # original to be redelivered, never lost.
+        self._consume_channel.basic_ack(delivery.delivery_tag)
+        if isinstance(verdict, Ack):
+            log.debug("%s job done: %s", self.channel_name, verdict.reason)
+
+
+def _with_headers(properties: BasicProperties, extra: dict[str, Any]) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=properties.content_type or "application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=properties.message_id,
+        type=properties.type,
+        headers={**(properties.headers or {}), **extra},
+    )
+
+
+def install_signal_handlers(consumer: Any) -> None:
+    gevent.signal_handler(signal.SIGTERM, consumer.request_stop)
+    gevent.signal_handler(signal.SIGINT, consumer.request_stop)

@@ -1,0 +1,88 @@
+"""What a consumer does with one message, decided without touching the broker.
+
+`handle_message` returns a verdict (ack, retry later, park) and the consumer loop carries it
+out. Keeping this pure of pika makes every branch testable with an in-memory database and a
+recording sender.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import session_scope
+from app.jobs import Job, MalformedJob, decode_job
+from app.ledger import mark_attempt_failed, mark_sent
+from app.models import Notification
+from services.delivery import PermanentSendError, Sender, TransientSendError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ack:
+    reason: str  # "sent" or "already sent"
+
+
+@dataclass(frozen=True)
+class Retry:
+    delay_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Park:
+    reason: str
+
+
+Verdict = Ack | Retry | Park
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    delays_ms: tuple[int, ...]
+
+    def delay_after(self, attempts: int) -> int:
+        """Backoff before the next try, after `attempts` failed tries (1-based)."""
+        return self.delays_ms[min(attempts, len(self.delays_ms)) - 1]
+
+
+def handle_message(
+    body: bytes,
+    *,
+    channel: str,
+    sender: Sender[Job],
+    sessions: sessionmaker[Session],
+    policy: RetryPolicy,
+) -> Verdict:
+    try:
+        job = decode_job(body)
+    except MalformedJob as exc:
+        return Park(f"malformed job: {exc}")
+    if job.kind != channel:
+        return Park(f"a {job.kind} job on the {channel} queue")
+
+    with session_scope(sessions) as session:
+        notification = session.get(Notification, job.notification_id)
+        if notification is None:
+            return Park(f"unknown notification {job.notification_id}")
+        if notification.status == "sent":
+            # A redelivery (consumer died before its ack, broker restart): the ledger says it
+            # already went out, so it must not go out twice.
+            return Ack("already sent")
+        try:
+            sender.send(job)
+        except PermanentSendError as exc:
+            mark_attempt_failed(session, notification, str(exc), status="failed")
+            return Park(f"permanent failure: {exc}")
+        except TransientSendError as exc:
+            if notification.attempts + 1 >= policy.max_attempts:
+                mark_attempt_failed(session, notification, str(exc), status="failed")
+                return Park(f"gave up after {notification.attempts} attempts: {exc}")
+            mark_attempt_failed(session, notification, str(exc), status="queued")
+            return Retry(policy.delay_after(notification.attempts), str(exc))
+        mark_sent(session, notification)
+        return Ack("sent")

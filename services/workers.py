@@ -1,0 +1,95 @@
+"""Process entry points for the workers: `python -m services.workers email|sms`.
+
+gevent patches first, before anything imports socket or threading, so smtplib, requests and
+pika all yield to the hub and one process runs `--concurrency` sends at once.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+
+from app.config import ConfigError, Settings, load_settings  # noqa: E402
+from app.db import make_engine, make_session_factory  # noqa: E402
+from app.logs import configure_logging  # noqa: E402
+from app.messaging import PikaPublisher  # noqa: E402
+from services.consumer import Consumer, install_signal_handlers  # noqa: E402
+from services.email import SmtpEmailSender  # noqa: E402
+from services.handlers import RetryPolicy  # noqa: E402
+from services.relay import Relay  # noqa: E402
+from services.sms import HttpSmsSender  # noqa: E402
+
+log = logging.getLogger("offload.worker")
+
+
+def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: int) -> int:
+    sender = (
+        SmtpEmailSender.from_settings(settings)
+        if channel == "email"
+        else HttpSmsSender.from_settings(settings)
+    )
+    consumer = Consumer(
+        channel=channel,
+        amqp_url=settings.amqp_url,
+        sender=sender,  # type: ignore[arg-type]
+        sessions=make_session_factory(make_engine(settings.database_url)),
+        policy=RetryPolicy(settings.max_attempts, settings.retry_delays_ms),
+        concurrency=concurrency,
+        prefetch=prefetch,
+    )
+    install_signal_handlers(consumer)
+    print(f"offload {channel} consumer started (concurrency={concurrency}, prefetch={prefetch})",
+          flush=True)
+    consumer.run()
+    log.info("%s consumer stopped", channel)
+    return 0
+
+
+def run_relay(settings: Settings) -> int:
+    relay = Relay(
+        make_session_factory(make_engine(settings.database_url)),
+        PikaPublisher(settings.amqp_url, pool_size=1, retry_delays_ms=settings.retry_delays_ms),
+        interval=settings.relay_interval,
+        batch_size=settings.relay_batch_size,
+        grace_seconds=settings.relay_grace_seconds,
+        publish_timeout=max(settings.publish_timeout, 5.0),
+    )
+    gevent.signal_handler(signal.SIGTERM, relay.request_stop)
+    gevent.signal_handler(signal.SIGINT, relay.request_stop)
+    print(f"offload relay started (every {settings.relay_interval}s)", flush=True)
+    relay.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run an Offload worker process.")
+    parser.add_argument(
+        "worker", choices=["email", "sms", "relay"], help="a job type to consume, or the relay"
+    )
+    parser.add_argument("--concurrency", type=int, help="sends at once (CONSUMER_CONCURRENCY)")
+    parser.add_argument("--prefetch", type=int, help="unacked jobs held (CONSUMER_PREFETCH)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if args.worker == "relay":
+        return run_relay(settings)
+    return run_consumer(
+        settings,
+        args.worker,
+        args.concurrency or settings.consumer_concurrency,
+        args.prefetch or settings.consumer_prefetch,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

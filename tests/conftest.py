@@ -1,0 +1,108 @@
+"""Shared fixtures: a migrated database per test, the app with its twins, WebTest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import webtest
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import create_app
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.messaging import InMemoryPublisher
+from app.migrate import upgrade
+from services.delivery import RecordingSender
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose real component is missing on a laptop; fail it in CI."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but missing")
+    pytest.skip(f"{what} is not available here")
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One database migrated with `alembic upgrade head`, copied for each test."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def database_url(migrated_template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "offload.db"
+    shutil.copy(migrated_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        secret_key="test-secret",
+        base_url="http://testserver",
+        dispatch_mode="queued",
+    )
+
+
+@pytest.fixture
+def publisher() -> InMemoryPublisher:
+    return InMemoryPublisher()
+
+
+@pytest.fixture
+def email_sender() -> RecordingSender:
+    return RecordingSender()
+
+
+@pytest.fixture
+def sms_sender() -> RecordingSender:
+    return RecordingSender()
+
+
+@pytest.fixture
+def app(
+    settings: Settings,
+    publisher: InMemoryPublisher,
+    email_sender: RecordingSender,
+    sms_sender: RecordingSender,
+) -> Iterator[Flask]:
+    application = create_app(
+        settings, publisher=publisher, email_sender=email_sender, sms_sender=sms_sender
+    )
+    yield application
+    application.extensions["offload.engine"].dispose()
+
+
+@pytest.fixture
+def testapp(app: Flask) -> webtest.TestApp:
+    return webtest.TestApp(app)
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def shutil_which(name: str) -> str | None:
+    return shutil.which(name)

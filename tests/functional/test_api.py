@@ -1,0 +1,130 @@
+"""The JSON API through WebTest, with the in-memory publisher and recording senders."""
+
+import pytest
+
+from app.messaging import BrokerUnavailable
+
+ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 7911 123456"}
+
+
+def register(testapp, payload=None, mode=None, status=201):
+    url = "/api/users" + (f"?mode={mode}" if mode else "")
+    return testapp.post_json(url, payload or ADA, status=status)
+
+
+def server_timing_steps(response):
+    return [part.split(";")[0].strip() for part in response.headers["Server-Timing"].split(",")]
+
+
+def test_queued_mode_publishes_both_jobs_and_answers(testapp, publisher, email_sender):
+    response = register(testapp)
+    user = response.json["user"]
+    assert response.json["mode"] == "queued"
+    assert user["phone"] == "+447911123456"
+    assert user["verified"] is False
+    assert response.headers["Location"].endswith(f"/api/users/{user['id']}")
+    assert server_timing_steps(response) == ["db", "publish"]
+    assert [n["status"] for n in user["notifications"]] == ["queued", "queued"]
+    assert sorted(job.kind for job in publisher.published) == ["email", "sms"]
+    assert email_sender.sent == []
+
+
+@pytest.mark.parametrize("mode", ["serial", "parallel"])
+def test_inline_modes_send_before_answering(testapp, publisher, email_sender, sms_sender, mode):
+    response = register(testapp, mode=mode)
+    assert response.json["mode"] == mode
+    assert server_timing_steps(response) == ["db", "email", "sms"]
+    assert [n["status"] for n in response.json["user"]["notifications"]] == ["sent", "sent"]
+    assert [job.to for job in email_sender.sent] == ["ada@example.com"]
+    assert [job.to for job in sms_sender.sent] == ["+447911123456"]
+    assert publisher.published == []
+
+
+def test_email_carries_a_verification_link_and_sms_a_code(testapp, email_sender, sms_sender):
+    register(testapp, mode="serial")
+    assert "http://testserver/verify-email/" in email_sender.sent[0].text
+    body = sms_sender.sent[0].body
+    assert any(word.rstrip(".").isdigit() and len(word.rstrip(".")) == 6 for word in body.split())
+
+
+def test_default_mode_comes_from_settings(app, testapp):
+    from app.config import Settings  # noqa: F401 - the fixture's settings say queued
+
+    assert register(testapp).json["mode"] == app.extensions["offload.settings"].dispatch_mode
+
+
+def test_get_user_shows_notifications(testapp):
+    location = register(testapp).headers["Location"]
+    user = testapp.get(location).json["user"]
+    assert user["email"] == "ada@example.com"
+    assert {n["channel"]: n["attempts"] for n in user["notifications"]} == {"email": 0, "sms": 0}
+
+
+def test_broker_down_still_registers_and_leaves_jobs_pending(testapp, publisher):
+    publisher.fail_with = BrokerUnavailable("connection refused")
+    response = register(testapp)
+    assert [n["status"] for n in response.json["user"]["notifications"]] == ["pending", "pending"]
+    assert server_timing_steps(response) == ["db", "publish"]
+
+
+def test_invalid_fields_are_400_with_every_field_named(testapp):
+    response = register(testapp, {"name": "", "email": "nope", "phone": "123"}, status=400)
+    assert response.json["error"] == "invalid"
+    assert set(response.json["fields"]) == {"name", "email", "phone"}
+
+
+def test_unknown_mode_is_400(testapp):
+    response = register(testapp, mode="turbo", status=400)
+    assert "mode" in response.json["fields"]
+
+
+@pytest.mark.parametrize(
+    ("duplicate", "field"),
+    [({"phone": "+16502530000"}, "email"), ({"email": "other@example.com"}, "phone")],
+)
+def test_duplicate_email_or_phone_is_409(testapp, duplicate, field):
+    register(testapp)
+    response = register(testapp, {**ADA, **duplicate}, status=409)
+    assert response.json["error"] == "already_registered"
+    assert list(response.json["fields"]) == [field]
+
+
+def test_duplicate_check_uses_the_normalised_values(testapp):
+    register(testapp)
+    register(testapp, {**ADA, "email": "ada@EXAMPLE.com", "phone": "+447911123456"}, status=409)
+
+
+def test_not_json_is_415(testapp):
+    response = testapp.post("/api/users", "name=Ada", status=415)
+    assert response.json["error"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("body", ["{broken", "[1, 2]", '"text"', "null"])
+def test_bad_json_is_400(testapp, body):
+    response = testapp.post(
+        "/api/users", body, content_type="application/json", status=400
+    )
+    assert response.json["error"] == "invalid_json"
+
+
+def test_body_too_large_is_413(testapp):
+    payload = {**ADA, "name": "x" * 20_000}
+    response = testapp.post_json("/api/users", payload, status=413)
+    assert response.json["error"] == "request_entity_too_large"
+
+
+def test_unknown_user_is_404(testapp):
+    assert testapp.get("/api/users/nobody", status=404).json["error"] == "not_found"
+
+
+def test_unknown_api_path_and_method_are_json(testapp):
+    assert testapp.get("/api/nothing-here", status=404).json["error"] == "not_found"
+    assert testapp.delete("/api/users", status=405).json["error"] == "method_not_allowed"
+
+
+def test_health_and_metrics(testapp):
+    assert testapp.get("/healthz").json == {"status": "ok"}
+    assert testapp.get("/readyz").json["database"] == "up"
+    register(testapp)
+    metrics = testapp.get("/metrics").text
+    assert 'offload_registrations_total{mode="queued",outcome="created"}' in metrics
