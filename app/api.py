@@ -47,7 +47,7 @@ def create_user() -> Response:
             get_session(), settings, current_app.extensions["offload.dispatcher"], data, mode
         )
     except InvalidRegistration as exc:
-        REGISTRATIONS.labels(mode=mode if mode in ("serial", "parallel", "queued") else "unknown",
+        REGISTRATIONS.labels(mode=mode if exc.fields.keys() != {"mode"} else "unknown",
                              outcome="invalid").inc()
         return error(400, "invalid", exc.message, exc.fields)
     except AlreadyRegistered as exc:

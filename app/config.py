@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 DISPATCH_MODES = ("serial", "parallel", "queued")
+# The benchmark's baseline: the same DB write, no notification at all. Only when BENCH_MODES is on.
+BASELINE_MODE = "insert-only"
 DEFAULT_SECRET_KEY = "dev-only-not-secret"  # noqa: S105 - refused in production, see validate()
 
 
@@ -31,6 +33,7 @@ class Settings:
     port: int = 8000
     base_url: str = "http://127.0.0.1:8000"
     log_level: str = "INFO"
+    bench_modes: bool = False
     web_pool_size: int = 1000
     web_workers: int = 2
     tcp_nodelay: bool = True
@@ -115,6 +118,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "PORT": ("port", _int),
     "BASE_URL": ("base_url", str),
     "LOG_LEVEL": ("log_level", str),
+    "BENCH_MODES": ("bench_modes", _bool),
     "WEB_POOL_SIZE": ("web_pool_size", _int),
     "WEB_WORKERS": ("web_workers", _int),
     "TCP_NODELAY": ("tcp_nodelay", _bool),

@@ -19,9 +19,9 @@ from typing import Any
 import gevent
 from sqlalchemy.orm import Session
 
-from app.config import DISPATCH_MODES
+from app.config import BASELINE_MODE, DISPATCH_MODES
 from app.jobs import EmailJob, Job, SmsJob, job_from_dict
-from app.ledger import mark_attempt_failed, mark_queued, mark_sent
+from app.ledger import mark_attempt_failed, mark_queued, mark_sent, mark_skipped
 from app.messaging import Publisher, PublishError
 from app.models import Notification
 from services.delivery import PermanentSendError, Sender, SendError
@@ -57,6 +57,7 @@ class Dispatcher:
             "serial": self.dispatch_serial,
             "parallel": self.dispatch_parallel,
             "queued": self.dispatch_queued,
+            BASELINE_MODE: self.dispatch_nothing,
         }
 
     def dispatch(
@@ -113,6 +114,13 @@ class Dispatcher:
             timings[outcome.notification.channel] = outcome.elapsed_ms
             self._record(session, outcome)
         return timings
+
+    def dispatch_nothing(
+        self, session: Session, notifications: list[Notification]
+    ) -> dict[str, float]:
+        """The benchmark's insert-only baseline: close the outbox rows without sending."""
+        mark_skipped(session, [n.id for n in notifications])
+        return {}
 
     def dispatch_queued(self, session: Session, notifications: list[Notification]) -> dict[str, float]:
         jobs = [job_from_dict(n.payload) for n in notifications]

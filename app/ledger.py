@@ -26,6 +26,16 @@ def mark_queued(session: Session, notification_ids: Sequence[str]) -> None:
     session.commit()
 
 
+def mark_skipped(session: Session, notification_ids: Sequence[str]) -> None:
+    # Same shape of work as mark_queued (one UPDATE, one commit), so the baseline is fair.
+    session.execute(
+        update(Notification)
+        .where(Notification.id.in_(notification_ids), Notification.status == "pending")
+        .values(status="skipped", last_error="benchmark baseline: not sent")
+    )
+    session.commit()
+
+
 def mark_sent(session: Session, notification: Notification) -> None:
     notification.status = "sent"
     notification.attempts += 1

@@ -7,6 +7,7 @@ story of the job:
     queued   confirmed by the broker, waiting for a consumer
     sent     the SMTP server or SMS gateway accepted it (consumers skip these on redelivery)
     failed   gave up: permanent error, or attempts exhausted (the job sits in the parking queue)
+    skipped  never meant to be sent: the benchmark's insert-only baseline (BENCH_MODES=true)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base
 
-NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed")
+NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed", "skipped")
 CHANNELS = ("email", "sms")
 
 

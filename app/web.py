@@ -48,5 +48,5 @@ def status(user_id: str) -> str:
     user = get_session().get(User, user_id)
     if user is None:
         abort(404)
-    settled = all(n.status in ("sent", "failed") for n in user.notifications)
+    settled = all(n.status in ("sent", "failed", "skipped") for n in user.notifications)
     return render_template("status.html", user=user, settled=settled)

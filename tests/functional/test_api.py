@@ -128,3 +128,22 @@ def test_health_and_metrics(testapp):
     register(testapp)
     metrics = testapp.get("/metrics").text
     assert 'offload_registrations_total{mode="queued",outcome="created"}' in metrics
+
+
+def test_insert_only_baseline_needs_bench_modes(testapp):
+    register(testapp, mode="insert-only", status=400)
+
+
+def test_insert_only_baseline_writes_and_sends_nothing(settings, publisher, email_sender):
+    import webtest
+
+    from app import create_app
+
+    app = create_app(
+        settings.with_overrides(bench_modes=True), publisher=publisher,
+        email_sender=email_sender, sms_sender=email_sender,
+    )
+    response = register(webtest.TestApp(app), mode="insert-only")
+    assert [n["status"] for n in response.json["user"]["notifications"]] == ["skipped", "skipped"]
+    assert server_timing_steps(response) == ["db"]
+    assert publisher.published == [] and email_sender.sent == []
