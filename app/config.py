@@ -34,6 +34,7 @@ class Settings:
     base_url: str = "http://127.0.0.1:8000"
     log_level: str = "INFO"
     bench_modes: bool = False
+    bench_results_dir: str = "bench-results"
     web_pool_size: int = 1000
     web_workers: int = 2
     tcp_nodelay: bool = True
@@ -119,6 +120,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BASE_URL": ("base_url", str),
     "LOG_LEVEL": ("log_level", str),
     "BENCH_MODES": ("bench_modes", _bool),
+    "BENCH_RESULTS_DIR": ("bench_results_dir", str),
     "WEB_POOL_SIZE": ("web_pool_size", _int),
     "WEB_WORKERS": ("web_workers", _int),
     "TCP_NODELAY": ("tcp_nodelay", _bool),

@@ -106,3 +106,34 @@ def artifacts_dir() -> Path:
 
 def shutil_which(name: str) -> str | None:
     return shutil.which(name)
+
+
+# -- the real stack: RabbitMQ node, SMTP and SMS sinks, web, consumers, relay ------------------
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The whole stack as real processes on free ports, shared by a test session.
+
+    Sinks answer after 20 ms; consumers run 4 sends at once, so a batch of jobs takes long
+    enough to be interrupted mid-stream. Tests that break a part restart it before returning.
+    """
+    from services.broker_node import rabbitmq_installed
+    from services.stack import Stack, StackConfig
+
+    require(rabbitmq_installed(), "RabbitMQ (apt-get install rabbitmq-server)")
+    config = StackConfig.on_free_ports(
+        tmp_path_factory.mktemp("stack"),
+        sink_delay_ms=20.0,
+        consumer_concurrency=4,
+        consumer_prefetch=8,
+        extra_env={
+            "RETRY_DELAYS_MS": "200,400,800",
+            "RELAY_INTERVAL": "0.2",
+            "RELAY_GRACE_SECONDS": "1",
+            "BENCH_MODES": "true",
+            "SECRET_KEY": "integration-secret",
+        },
+    )
+    with Stack(config) as running:
+        yield running
