@@ -1,0 +1,206 @@
+"""The SMTP sink: an aiosmtpd server that records what it accepts.
+
+Each session's DATA waits `delay` seconds with asyncio.sleep, so slow "remote" servers cost the
+sink nothing and many sessions overlap, as they would against a real relay. Failures are injected
+at the end of DATA, where a real server would refuse a message: `451 4.3.0` (transient, worth a
+retry) at `failure_rate`, `550 5.1.1` (permanent) at `permanent_failure_rate`. Refused messages are
+not recorded; the record file holds what the sink accepted.
+
+The server runs on an asyncio loop in a background thread (aiosmtpd's Controller). That works
+from a plain test process and from the `python -m services.sinks smtp` entry point; it is not
+meant for a gevent-patched process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Awaitable
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from services.sinks.records import Record, RecordFile, read_records
+
+TRANSIENT_FAILURE_REPLY = "451 4.3.0 sink failure (injected)"
+PERMANENT_FAILURE_REPLY = "550 5.1.1 mailbox unavailable (injected)"
+ACCEPTED_REPLY = "250 2.0.0 OK: queued"
+NOTIFICATION_HEADER = "X-Offload-Notification"
+# Announced in the greeting; set explicitly because aiosmtpd's default, getfqdn(), may do DNS.
+SERVER_HOSTNAME = "offload-sink.local"
+
+
+class RecordingSmtpHandler:
+    """aiosmtpd handler: delay, maybe refuse, otherwise record and accept.
+
+    `delay`, `failure_rate` and `permanent_failure_rate` are plain attributes, read per message,
+    so they may be changed while the sink runs.
+    """
+
+    def __init__(
+        self,
+        records: RecordFile,
+        *,
+        delay: float = 0.05,
+        failure_rate: float = 0.0,
+        permanent_failure_rate: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.records = records
+        self.delay = delay
+        self.failure_rate = failure_rate
+        self.permanent_failure_rate = permanent_failure_rate
+        self._rng = rng or random.Random()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        received_at = time.time()
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
+        if self._rng.random() < self.failure_rate:
+            return TRANSIENT_FAILURE_REPLY
+        if self._rng.random() < self.permanent_failure_rate:
+            return PERMANENT_FAILURE_REPLY
+        self.records.append(email_record(envelope, received_at))
+        return ACCEPTED_REPLY
+
+
+def email_record(envelope: Envelope, received_at: float) -> Record:
+    """The record of one accepted message: who it is for, and its subject and plain-text body."""
+    # SMTP lines end in CRLF; the parser would keep the CR in the decoded body text.
+    raw = (envelope.original_content or b"").replace(b"\r\n", b"\n")
+    message = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)  # policy.default builds EmailMessage objects
+    body_part = message.get_body(preferencelist=("plain",))
+    text = body_part.get_content() if isinstance(body_part, EmailMessage) else ""
+    return {
+        "received_at": received_at,
+        "kind": "email",
+        "notification_id": message.get(NOTIFICATION_HEADER),
+        "to": ", ".join(envelope.rcpt_tos),
+        "mail_from": envelope.mail_from,
+        "subject": message.get("Subject", ""),
+        "text": text,
+        "message_id": message.get("Message-ID"),
+    }
+
+
+class _BindingController(Controller):
+    """A Controller that binds its own socket, so port 0 works and `.port` is the real port.
+
+    aiosmtpd's Controller hands host and port to loop.create_server and later connects to
+    `self.port` to check the server is up; with port 0 that check would dial port 0.
+    """
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        listener = bind_listener(self.hostname, self.port)
+        self.port = listener.getsockname()[1]
+        return self.loop.create_server(self._factory_invoker, sock=listener, ssl=self.ssl_context)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose accepted connections send small writes at once."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only when it does, and
+    # without it the multi-line EHLO reply stalls ~40 ms on Nagle plus the client's delayed ACK.
+    listener = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener.bind(address)
+        listener.listen(1024)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+class SmtpSink:
+    """The SMTP sink with start()/stop(); also a context manager.
+
+    `delay`, `failure_rate` and `permanent_failure_rate` can be changed while it runs.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record_path: str | Path = "email.jsonl",
+        *,
+        delay: float = 0.05,
+        failure_rate: float = 0.0,
+        permanent_failure_rate: float = 0.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.record_path = Path(record_path)
+        self._records = RecordFile(self.record_path)
+        self.handler = RecordingSmtpHandler(
+            self._records,
+            delay=delay,
+            failure_rate=failure_rate,
+            permanent_failure_rate=permanent_failure_rate,
+        )
+        self._controller: _BindingController | None = None
+
+    @property
+    def delay(self) -> float:
+        return self.handler.delay
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        self.handler.delay = seconds
+
+    @property
+    def failure_rate(self) -> float:
+        return self.handler.failure_rate
+
+    @failure_rate.setter
+    def failure_rate(self, rate: float) -> None:
+        self.handler.failure_rate = rate
+
+    @property
+    def permanent_failure_rate(self) -> float:
+        return self.handler.permanent_failure_rate
+
+    @permanent_failure_rate.setter
+    def permanent_failure_rate(self, rate: float) -> None:
+        self.handler.permanent_failure_rate = rate
+
+    def start(self) -> None:
+        """Listen on host:port (port 0 picks a free one, then `.port` says which)."""
+        if self._controller is not None:
+            raise RuntimeError("SMTP sink already running")
+        controller = _BindingController(
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            server_hostname=SERVER_HOSTNAME,
+            ready_timeout=10.0,
+        )
+        controller.start()
+        self._controller = controller
+        self.port = controller.port
+
+    def stop(self) -> None:
+        """Close the listener and cancel sessions still in DATA; safe to call twice."""
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+        self._records.close()
+
+    def records(self) -> list[Record]:
+        return read_records(self.record_path)
+
+    def __enter__(self) -> SmtpSink:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,199 @@
+"""The real senders against the local sinks, over real sockets on 127.0.0.1.
+
+The SMTP sink runs in this process (asyncio in a thread); the SMS gateway needs gevent, so it runs
+as a child process, the way the benchmark and the dev stack start it. Sinks answer at once
+(delay 0) unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from app.jobs import EmailJob, SmsJob
+from services.delivery import PermanentSendError, TransientSendError
+from services.email import SmtpEmailSender
+from services.sinks.process import SinkProcess, free_port, start_sink_process
+from services.sinks.records import RecordFile, read_records
+from services.sinks.smtp import SmtpSink
+from services.sms import HttpSmsSender
+
+WELCOME = EmailJob(
+    notification_id="0b9e6c1e-5f0c-4d4e-9a55-2f6f1f0c1a01",
+    to="ada@example.com",
+    subject="Welcome to Offload, Ada",
+    text="Hi Ada,\n\nthanks for registering. Ünïcode survives.\n",
+)
+VERIFY = SmsJob(
+    notification_id="5c3c0d6a-1c2b-4f7e-8f43-9d5b1e7a2b02",
+    to="+14155550123",
+    body="Your Offload code is 482913",
+)
+
+
+@pytest.fixture
+def smtp_sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    sink = SmtpSink("127.0.0.1", 0, tmp_path / "email.jsonl", delay=0)
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+def email_sender(port: int) -> SmtpEmailSender:
+    return SmtpEmailSender("127.0.0.1", port, mail_from="offload@example.com", timeout=2.0)
+
+
+StartGateway = Callable[..., SinkProcess]
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    started: list[SinkProcess] = []
+
+    def start(**options: Any) -> SinkProcess:
+        options.setdefault("delay_ms", 0)
+        gateway = start_sink_process("sms", 0, tmp_path / f"sms-{len(started)}.jsonl", **options)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        assert gateway.stop() == 0, gateway.stderr_text()
+
+
+# --- email -------------------------------------------------------------------------------------
+
+
+def test_sent_email_is_recorded_with_its_notification_id(smtp_sink: SmtpSink) -> None:
+    email_sender(smtp_sink.port).send(WELCOME)
+
+    [record] = smtp_sink.records()
+    assert record["kind"] == "email"
+    assert record["notification_id"] == WELCOME.notification_id
+    assert record["to"] == WELCOME.to
+    assert record["mail_from"] == "offload@example.com"
+    assert record["subject"] == WELCOME.subject
+    assert record["text"] == WELCOME.text
+    assert isinstance(record["received_at"], float)
+
+
+def test_injected_smtp_failure_is_transient_and_not_recorded(smtp_sink: SmtpSink) -> None:
+    smtp_sink.failure_rate = 1.0
+
+    with pytest.raises(TransientSendError, match="451"):
+        email_sender(smtp_sink.port).send(WELCOME)
+    assert smtp_sink.records() == []
+
+
+def test_smtp_5xx_refusal_is_permanent(smtp_sink: SmtpSink) -> None:
+    smtp_sink.permanent_failure_rate = 1.0
+
+    with pytest.raises(PermanentSendError, match="550"):
+        email_sender(smtp_sink.port).send(WELCOME)
+    assert smtp_sink.records() == []
+
+
+def test_email_to_a_port_nobody_listens_on_is_transient() -> None:
+    with pytest.raises(TransientSendError, match="connection failed"):
+        email_sender(free_port()).send(WELCOME)
+
+
+def test_smtp_sink_can_be_restarted_on_the_same_record_file(tmp_path: Path) -> None:
+    record_path = tmp_path / "email.jsonl"
+    for _ in range(2):
+        with SmtpSink("127.0.0.1", 0, record_path, delay=0) as sink:
+            email_sender(sink.port).send(WELCOME)
+
+    assert len(read_records(record_path)) == 2
+
+
+# --- SMS ---------------------------------------------------------------------------------------
+
+
+def test_sent_sms_is_recorded_with_its_idempotency_key(start_gateway: StartGateway) -> None:
+    gateway = start_gateway()
+
+    HttpSmsSender(gateway.messages_url, timeout=2.0).send(VERIFY)
+
+    [record] = gateway.records()
+    assert record["kind"] == "sms"
+    assert record["notification_id"] == VERIFY.notification_id
+    assert record["to"] == VERIFY.to
+    assert record["body"] == VERIFY.body
+    assert record["duplicate"] is False
+    assert record["id"]
+
+
+def test_resent_sms_is_accepted_once_and_recorded_as_duplicate(
+    start_gateway: StartGateway,
+) -> None:
+    gateway = start_gateway()
+    sender = HttpSmsSender(gateway.messages_url, timeout=2.0)
+
+    sender.send(VERIFY)
+    sender.send(VERIFY)  # what a consumer does when RabbitMQ redelivers
+
+    first, second = gateway.records()
+    assert (first["duplicate"], second["duplicate"]) == (False, True)
+    assert second["id"] == first["id"]
+    assert requests.get(gateway.messages_url, timeout=2).json() == [first, second]
+
+
+def test_gateway_503_is_transient_and_not_recorded(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(failure_rate=1.0)
+
+    with pytest.raises(TransientSendError, match="503"):
+        HttpSmsSender(gateway.messages_url, timeout=2.0).send(VERIFY)
+    assert gateway.records() == []
+
+
+def test_gateway_rejects_a_message_without_recipient(start_gateway: StartGateway) -> None:
+    gateway = start_gateway()
+
+    response = requests.post(
+        gateway.messages_url,
+        json={"body": "no recipient", "idempotency_key": "k-1"},
+        timeout=2,
+    )
+
+    assert response.status_code == 400
+    assert "'to'" in response.json()["error"]
+    assert gateway.records() == []
+
+
+def test_gateway_that_does_not_answer_in_time_is_transient(start_gateway: StartGateway) -> None:
+    gateway = start_gateway(timeout_rate=1.0, hang_seconds=1.0)
+
+    with pytest.raises(TransientSendError, match="unreachable"):
+        HttpSmsSender(gateway.messages_url, timeout=0.3).send(VERIFY)
+    # The gateway took the message before it stalled: the case the idempotency key is for.
+    [record] = gateway.records()
+    assert record["notification_id"] == VERIFY.notification_id
+
+
+def test_gateway_4xx_is_permanent(start_gateway: StartGateway) -> None:
+    gateway = start_gateway()
+    wrong_url = f"http://127.0.0.1:{gateway.port}/no-such-endpoint"
+
+    with pytest.raises(PermanentSendError, match="404"):
+        HttpSmsSender(wrong_url, timeout=2.0).send(VERIFY)
+
+
+# --- record file -------------------------------------------------------------------------------
+
+
+def test_read_records_leaves_out_a_half_written_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    records = RecordFile(path)
+    records.append({"kind": "sms", "to": "+14155550123"})
+    records.close()
+    with path.open("ab") as file:
+        # Cut inside the two bytes of "Ü", as a reader racing the writer might see it.
+        file.write('{"kind": "sms", "body": "Ü'.encode()[:-1])
+
+    assert read_records(path) == [{"kind": "sms", "to": "+14155550123"}]
+    assert read_records(tmp_path / "missing.jsonl") == []
