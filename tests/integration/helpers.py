@@ -1,0 +1,72 @@
+"""Small helpers for tests against the real stack: register over HTTP, wait, count deliveries."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+_phone_numbers = itertools.count(1000)
+
+
+def unique_user(tag: str = "user") -> dict[str, str]:
+    """A fresh, valid registration (US numbers 650-253-XXXX, then other exchanges)."""
+    n = next(_phone_numbers)
+    exchange, line = 253 + n // 9000, 1000 + n % 9000
+    return {
+        "name": f"Test {tag}",
+        "email": f"{tag}-{uuid.uuid4().hex[:12]}@example.com",
+        "phone": f"+1650{exchange}{line}",
+    }
+
+
+def register(base_url: str, mode: str = "queued", user: dict[str, str] | None = None,
+             session: requests.Session | None = None) -> dict[str, Any]:
+    http = session or requests
+    response = http.post(f"{base_url}/api/users?mode={mode}", json=user or unique_user(mode),
+                         timeout=30)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Poll until `predicate()` holds; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def deliveries(stack: Any, kind: str, recipients: set[str]) -> Counter[str]:
+    """How many times each of `recipients` reached the sink of `kind` ("smtp" or "sms")."""
+    records = stack.sinks[kind].records()
+    counts: Counter[str] = Counter()
+    for record in records:
+        if record["to"] in recipients and not record.get("duplicate"):
+            counts[record["to"]] += 1
+    return counts
+
+
+def assert_delivered_once(stack: Any, users: list[dict[str, Any]], *, timeout: float) -> None:
+    """Every user's email and SMS arrived, and none arrived twice."""
+    emails = {u["email"] for u in users}
+    phones = {u["phone"] for u in users}
+    wait_for(
+        lambda: len(deliveries(stack, "smtp", emails)) == len(emails)
+        and len(deliveries(stack, "sms", phones)) == len(phones),
+        timeout=timeout,
+        what=f"{len(users)} emails and SMS to reach the sinks",
+    )
+    time.sleep(0.5)  # a duplicate would arrive right behind the original
+    email_counts = deliveries(stack, "smtp", emails)
+    sms_counts = deliveries(stack, "sms", phones)
+    assert set(email_counts.values()) == {1}, f"emails sent twice: {email_counts.most_common(3)}"
+    assert set(sms_counts.values()) == {1}, f"SMS sent twice: {sms_counts.most_common(3)}"
