@@ -56,7 +56,7 @@ def listening_socket(host: str, port: int, *, nodelay: bool) -> socket.socket:
 
 
 class QuietHandler(WSGIHandler):
-    """No access line per request: structured logs and metrics cover it, at a fraction of the cost."""
+    """No access line per request: metrics and structured logs cover it, at far less cost."""
 
     def log_request(self) -> None:
         pass
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="overrides HOST")
     parser.add_argument("--port", type=int, help="overrides PORT")
     parser.add_argument(
-        "--no-nodelay", action="store_true",
+        "--no-nodelay",
+        action="store_true",
         help="leave Nagle's algorithm on (to show the delayed-ACK stall; never in production)",
     )
     parser.add_argument("--access-log", action="store_true", help="log a line per request")
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
     server.start()
     address = server.address
-    log.info("serving on http://%s:%s (tcp_nodelay=%s)", address[0], address[1], settings.tcp_nodelay)
+    log.info(
+        "serving on http://%s:%s (tcp_nodelay=%s)", address[0], address[1], settings.tcp_nodelay
+    )
     print(f"offload web listening on http://{address[0]}:{address[1]}", flush=True)
     server.serve_forever(stop_timeout=DRAIN_SECONDS)
     application.extensions["offload.dispatcher"].publisher.close()

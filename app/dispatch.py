@@ -86,14 +86,18 @@ class Dispatcher:
             mark_sent(session, outcome.notification)
             return
         log.warning(
-            "inline %s send failed: %s", outcome.notification.channel, outcome.error,
+            "inline %s send failed: %s",
+            outcome.notification.channel,
+            outcome.error,
             extra={"notification_id": outcome.notification.id},
         )
         # Worth another try: leave it pending and the outbox relay queues it.
         status = "failed" if isinstance(outcome.error, PermanentSendError) else "pending"
         mark_attempt_failed(session, outcome.notification, str(outcome.error), status=status)
 
-    def dispatch_serial(self, session: Session, notifications: list[Notification]) -> dict[str, float]:
+    def dispatch_serial(
+        self, session: Session, notifications: list[Notification]
+    ) -> dict[str, float]:
         timings: dict[str, float] = {}
         for notification in notifications:
             outcome = self._send(notification)
@@ -122,7 +126,9 @@ class Dispatcher:
         mark_skipped(session, [n.id for n in notifications])
         return {}
 
-    def dispatch_queued(self, session: Session, notifications: list[Notification]) -> dict[str, float]:
+    def dispatch_queued(
+        self, session: Session, notifications: list[Notification]
+    ) -> dict[str, float]:
         jobs = [job_from_dict(n.payload) for n in notifications]
         started = time.perf_counter()
         try:

@@ -125,7 +125,7 @@ def _close_quietly(connection: pika.BlockingConnection) -> None:
     try:
         with gevent.Timeout(5):
             connection.close()
-    except BaseException:  # noqa: BLE001 - it is being thrown away; nothing to save
+    except BaseException:
         log.debug("closing a discarded broker connection failed", exc_info=True)
 
 

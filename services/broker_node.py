@@ -11,6 +11,7 @@ Several can run side by side (`make run` and `make test` at once) as long as por
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -139,10 +140,8 @@ class RabbitNode:
     def kill(self) -> None:
         pid = self.pid()
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait(timeout=10)
@@ -167,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "start":
             started = time.monotonic()
             node.start()
-            print(f"RabbitMQ node {node.nodename} ready in {time.monotonic() - started:.1f}s "
-                  f"at {node.amqp_url}")
+            print(
+                f"RabbitMQ node {node.nodename} ready in {time.monotonic() - started:.1f}s "
+                f"at {node.amqp_url}"
+            )
         elif args.action == "stop":
             node.stop()
             print(f"RabbitMQ node {node.nodename} stopped")

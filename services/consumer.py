@@ -28,10 +28,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.jobs import PARKED_EXCHANGE, Job, retry_queue, work_queue
+from app.jobs import PARKED_EXCHANGE, retry_queue, work_queue
 from app.messaging import connection_parameters, declare_topology
-from services.handlers import Ack, Park, Retry, RetryPolicy, Verdict, handle_message
 from services.delivery import Sender
+from services.handlers import Ack, Park, Retry, RetryPolicy, Verdict, handle_message
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Consumer:
         *,
         channel: str,
         amqp_url: str,
-        sender: Sender[Job],
+        sender: Sender[Any],
         sessions: sessionmaker[Session],
         policy: RetryPolicy,
         concurrency: int,
@@ -123,7 +123,8 @@ class Consumer:
         self._consumer_tag = consume_channel.basic_consume(self.queue, self._on_message)
         self._publish_channel, self._consume_channel = publish_channel, consume_channel
         log.info(
-            "consuming %s", self.queue,
+            "consuming %s",
+            self.queue,
             extra={"concurrency": self.concurrency, "prefetch": self.prefetch},
         )
 
@@ -185,7 +186,9 @@ class Consumer:
             if connection is None or delivery.generation != self._generation:
                 continue
             try:
-                connection.add_callback_threadsafe(functools.partial(self._settle, delivery, verdict))
+                connection.add_callback_threadsafe(
+                    functools.partial(self._settle, delivery, verdict)
+                )
             except (pika.exceptions.AMQPError, OSError):
                 log.debug("connection gone before settling; the broker redelivers", exc_info=True)
 
@@ -198,7 +201,7 @@ class Consumer:
                 sessions=self.sessions,
                 policy=self.policy,
             )
-        except Exception as exc:  # noqa: BLE001 - a bug or a database outage: retry, not crash
+        except Exception as exc:
             log.exception("handling a %s job failed unexpectedly", self.channel_name)
             return Retry(self.policy.delay_after(1), f"unexpected error: {exc!r}")
 
@@ -212,7 +215,9 @@ class Consumer:
                 "",
                 routing_key=retry_queue(self.channel_name, verdict.delay_ms),
                 body=delivery.body,
-                properties=_with_headers(delivery.properties, {"x-offload-last-error": verdict.reason[:500]}),
+                properties=_with_headers(
+                    delivery.properties, {"x-offload-last-error": verdict.reason[:500]}
+                ),
             )
         elif isinstance(verdict, Park):
             log.warning("parking a %s job: %s", self.channel_name, verdict.reason)
@@ -222,7 +227,10 @@ class Consumer:
                 body=delivery.body,
                 properties=_with_headers(
                     delivery.properties,
-                    {"x-offload-reason": verdict.reason[:500], "x-offload-parked-at": int(time.time())},
+                    {
+                        "x-offload-reason": verdict.reason[:500],
+                        "x-offload-parked-at": int(time.time()),
+                    },
                 ),
             )
         # Ack only after the retry or parked copy is confirmed: a crash in between leaves the

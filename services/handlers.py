@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
-from app.jobs import Job, MalformedJob, decode_job
+from app.jobs import MalformedJob, decode_job
 from app.ledger import mark_attempt_failed, mark_sent
 from app.models import Notification
 from services.delivery import PermanentSendError, Sender, TransientSendError
@@ -54,7 +55,7 @@ def handle_message(
     body: bytes,
     *,
     channel: str,
-    sender: Sender[Job],
+    sender: Sender[Any],
     sessions: sessionmaker[Session],
     policy: RetryPolicy,
 ) -> Verdict:

@@ -132,7 +132,7 @@ class Relay:
                     grace_seconds=self.grace_seconds,
                     publish_timeout=self.publish_timeout,
                 )
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the relay
+            except Exception:
                 log.exception("relay: batch failed")
                 count = 0
             # A full batch means more may be waiting: go again at once.

@@ -14,7 +14,6 @@ from app.config import Settings
 from app.jobs import SmsJob
 from services.delivery import PermanentSendError, TransientSendError
 
-
 # Timeout, too early, rate limited: the gateway asks us to come back, not to give up.
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from app.migrate import upgrade
 from services.broker_node import BrokerNodeError, RabbitNode
@@ -139,7 +139,11 @@ class Stack:
     def start_sinks(self) -> None:
         sink_dir = self.run_dir / "sinks"
         sink_dir.mkdir(parents=True, exist_ok=True)
-        for kind, port in (("smtp", self.config.smtp_port), ("sms", self.config.sms_port)):
+        sinks: tuple[tuple[Literal["smtp", "sms"], int], ...] = (
+            ("smtp", self.config.smtp_port),
+            ("sms", self.config.sms_port),
+        )
+        for kind, port in sinks:
             self.sinks[kind] = start_sink_process(
                 kind,
                 port,
@@ -188,7 +192,8 @@ class Stack:
             if self.processes["web"].poll() is not None:
                 raise StackError(f"the web process exited; see {self.log_dir / 'web.log'}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2) as response:
+                url = f"{self.base_url}/readyz"  # always our own http://127.0.0.1 address
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
                     if response.status == 200:
                         return
             except (urllib.error.URLError, OSError):

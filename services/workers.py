@@ -44,8 +44,10 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
         prefetch=prefetch,
     )
     install_signal_handlers(consumer)
-    print(f"offload {channel} consumer started (concurrency={concurrency}, prefetch={prefetch})",
-          flush=True)
+    print(
+        f"offload {channel} consumer started (concurrency={concurrency}, prefetch={prefetch})",
+        flush=True,
+    )
     consumer.run()
     log.info("%s consumer stopped", channel)
     return 0

@@ -101,9 +101,7 @@ def test_not_json_is_415(testapp):
 
 @pytest.mark.parametrize("body", ["{broken", "[1, 2]", '"text"', "null"])
 def test_bad_json_is_400(testapp, body):
-    response = testapp.post(
-        "/api/users", body, content_type="application/json", status=400
-    )
+    response = testapp.post("/api/users", body, content_type="application/json", status=400)
     assert response.json["error"] == "invalid_json"
 
 
@@ -140,8 +138,10 @@ def test_insert_only_baseline_writes_and_sends_nothing(settings, publisher, emai
     from app import create_app
 
     app = create_app(
-        settings.with_overrides(bench_modes=True), publisher=publisher,
-        email_sender=email_sender, sms_sender=email_sender,
+        settings.with_overrides(bench_modes=True),
+        publisher=publisher,
+        email_sender=email_sender,
+        sms_sender=email_sender,
     )
     response = register(webtest.TestApp(app), mode="insert-only")
     assert [n["status"] for n in response.json["user"]["notifications"]] == ["skipped", "skipped"]

@@ -9,8 +9,12 @@ def fill(form, **values):
 
 def test_register_redirects_to_a_status_page(testapp, email_sender):
     page = testapp.get("/register")
-    form = fill(page.forms["register-form"], name="Grace Hopper", email="grace@example.com",
-                phone="+1 650 253 0000")
+    form = fill(
+        page.forms["register-form"],
+        name="Grace Hopper",
+        email="grace@example.com",
+        phone="+1 650 253 0000",
+    )
     form["mode"] = "serial"
     response = form.submit()
     assert response.status_int == 303
@@ -22,16 +26,23 @@ def test_register_redirects_to_a_status_page(testapp, email_sender):
 
 
 def test_queued_status_page_refreshes_until_settled(testapp):
-    form = fill(testapp.get("/register").forms["register-form"], name="Lin",
-                email="lin@example.com", phone="+16502530001")
+    form = fill(
+        testapp.get("/register").forms["register-form"],
+        name="Lin",
+        email="lin@example.com",
+        phone="+16502530001",
+    )
     status_page = form.submit().follow()
-    assert status_page.html.select_one("#notification-email [data-status]")["data-status"] == "queued"
+    assert (
+        status_page.html.select_one("#notification-email [data-status]")["data-status"] == "queued"
+    )
     assert status_page.html.select_one('meta[http-equiv="refresh"]') is not None
 
 
 def test_invalid_input_shows_field_errors_and_keeps_values(testapp):
-    form = fill(testapp.get("/register").forms["register-form"], name="", email="not-an-email",
-                phone="12")
+    form = fill(
+        testapp.get("/register").forms["register-form"], name="", email="not-an-email", phone="12"
+    )
     response = form.submit(status=400)
     for field in ("name", "email", "phone"):
         error = response.html.select_one(f"#{field}-error")
@@ -43,8 +54,12 @@ def test_invalid_input_shows_field_errors_and_keeps_values(testapp):
 
 def test_duplicate_shows_409_on_the_form(testapp):
     for expected in (303, 409):
-        form = fill(testapp.get("/register").forms["register-form"], name="Kay",
-                    email="kay@example.com", phone="+16502530002")
+        form = fill(
+            testapp.get("/register").forms["register-form"],
+            name="Kay",
+            email="kay@example.com",
+            phone="+16502530002",
+        )
         response = form.submit(status=expected)
     assert "already registered" in response.html.select_one("#email-error").text
 

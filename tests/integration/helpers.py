@@ -25,11 +25,16 @@ def unique_user(tag: str = "user") -> dict[str, str]:
     }
 
 
-def register(base_url: str, mode: str = "queued", user: dict[str, str] | None = None,
-             session: requests.Session | None = None) -> dict[str, Any]:
+def register(
+    base_url: str,
+    mode: str = "queued",
+    user: dict[str, str] | None = None,
+    session: requests.Session | None = None,
+) -> dict[str, Any]:
     http = session or requests
-    response = http.post(f"{base_url}/api/users?mode={mode}", json=user or unique_user(mode),
-                         timeout=30)
+    response = http.post(
+        f"{base_url}/api/users?mode={mode}", json=user or unique_user(mode), timeout=30
+    )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -60,8 +65,10 @@ def assert_delivered_once(stack: Any, users: list[dict[str, Any]], *, timeout: f
     emails = {u["email"] for u in users}
     phones = {u["phone"] for u in users}
     wait_for(
-        lambda: len(deliveries(stack, "smtp", emails)) == len(emails)
-        and len(deliveries(stack, "sms", phones)) == len(phones),
+        lambda: (
+            len(deliveries(stack, "smtp", emails)) == len(emails)
+            and len(deliveries(stack, "sms", phones)) == len(phones)
+        ),
         timeout=timeout,
         what=f"{len(users)} emails and SMS to reach the sinks",
     )

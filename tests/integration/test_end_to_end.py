@@ -34,11 +34,15 @@ def test_inline_modes_have_sent_before_the_answer(stack, mode):
 
 
 def test_server_timing_names_the_steps_of_each_mode(stack):
-    expected = {"serial": ["db", "email", "sms"], "parallel": ["db", "email", "sms"],
-                "queued": ["db", "publish"]}
+    expected = {
+        "serial": ["db", "email", "sms"],
+        "parallel": ["db", "email", "sms"],
+        "queued": ["db", "publish"],
+    }
     for mode, steps in expected.items():
-        response = requests.post(f"{stack.base_url}/api/users?mode={mode}",
-                                 json=unique_user(mode), timeout=30)
+        response = requests.post(
+            f"{stack.base_url}/api/users?mode={mode}", json=unique_user(mode), timeout=30
+        )
         assert response.status_code == 201
         names = [p.split(";")[0].strip() for p in response.headers["Server-Timing"].split(",")]
         assert names == steps

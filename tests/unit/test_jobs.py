@@ -30,7 +30,10 @@ def test_wire_format_is_versioned_json():
         (b'{"v": 2, "kind": "sms"}', "unsupported job version"),
         (b'{"v": 1, "kind": "fax"}', "unknown job kind"),
         (b'{"v": 1, "kind": "sms", "notification_id": "n", "to": "+1"}', "'body'"),
-        (b'{"v": 1, "kind": "sms", "notification_id": 5, "to": "+1", "body": "b"}', "'notification_id'"),
+        (
+            b'{"v": 1, "kind": "sms", "notification_id": 5, "to": "+1", "body": "b"}',
+            "'notification_id'",
+        ),
     ],
 )
 def test_malformed_bodies_are_named(body, reason):
