@@ -72,11 +72,7 @@ def register_dispatcher(
         email_sender=email_sender or SmtpEmailSender.from_settings(settings),
         sms_sender=sms_sender or HttpSmsSender.from_settings(settings),
         publisher=publisher
-        or PikaPublisher(
-            settings.amqp_url,
-            pool_size=settings.publisher_pool_size,
-            retry_delays_ms=settings.retry_delays_ms,
-        ),
+        or PikaPublisher(settings.amqp_url, retry_delays_ms=settings.retry_delays_ms),
         publish_timeout=settings.publish_timeout,
     )
 

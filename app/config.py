@@ -42,7 +42,6 @@ class Settings:
     # How long a request may wait for the broker's publisher confirms before it answers anyway
     # and leaves the jobs to the outbox relay.
     publish_timeout: float = 0.2
-    publisher_pool_size: int = 8
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_username: str = ""
@@ -64,6 +63,15 @@ class Settings:
     verification_max_age: int = 48 * 3600
     sms_code_max_age: int = 15 * 60
     sms_code_max_attempts: int = 5
+    # Per client address, fixed windows counted in the database (shared by every worker).
+    # The benchmark and the test stack turn it off: they register thousands a minute from one
+    # address.
+    rate_limit_enabled: bool = True
+    rate_limit_registrations: str = "10/minute"
+    rate_limit_verifications: str = "20/minute"
+    # How many reverse proxies in front of the app append to X-Forwarded-For; 0 trusts none and
+    # uses the socket's peer address.
+    rate_limit_trusted_proxies: int = 0
 
     def validate(self) -> Settings:
         if self.dispatch_mode not in DISPATCH_MODES:
@@ -126,7 +134,6 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "TCP_NODELAY": ("tcp_nodelay", _bool),
     "MAX_BODY_BYTES": ("max_body_bytes", _int),
     "PUBLISH_TIMEOUT": ("publish_timeout", _float),
-    "PUBLISHER_POOL_SIZE": ("publisher_pool_size", _int),
     "SMTP_HOST": ("smtp_host", str),
     "SMTP_PORT": ("smtp_port", _int),
     "SMTP_USERNAME": ("smtp_username", str),
@@ -143,6 +150,10 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RELAY_INTERVAL": ("relay_interval", _float),
     "RELAY_BATCH_SIZE": ("relay_batch_size", _int),
     "RELAY_GRACE_SECONDS": ("relay_grace_seconds", _float),
+    "RATE_LIMIT_ENABLED": ("rate_limit_enabled", _bool),
+    "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),
+    "RATE_LIMIT_VERIFICATIONS": ("rate_limit_verifications", str),
+    "RATE_LIMIT_TRUSTED_PROXIES": ("rate_limit_trusted_proxies", _int),
 }
 
 

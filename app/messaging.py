@@ -1,23 +1,27 @@
 """Publishing jobs to RabbitMQ, behind a small protocol with an in-memory twin.
 
-The pika publisher keeps a small pool of connections, each with publisher confirms on. A
-connection is used by one greenlet at a time (the pool hands it out) and is opened lazily, so a
-gunicorn worker opens its own after the fork. Every publish has a time budget: past it the
-connection is thrown away (its state is unknown mid-frame) and `PublishTimeout` is raised; the
-caller leaves the notification pending for the outbox relay.
+Every publish is persistent, mandatory and confirmed, and has a time budget: past it
+`PublishTimeout` is raised and the caller leaves the notification pending for the outbox relay.
+A broker that is down or blocked (memory alarm) therefore never holds a request longer than the
+budget.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import gevent
-import gevent.queue
+import gevent.event
 import pika
 import pika.exceptions
+import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.gevent_connection import GeventConnection
+from pika.channel import Channel
 
 from app.jobs import (
     CHANNELS,
@@ -106,92 +110,196 @@ def job_properties(job: Job, headers: dict[str, Any] | None = None) -> pika.Basi
     )
 
 
-class _Slot:
-    """One pooled connection and its confirm-mode channel."""
-
-    def __init__(self) -> None:
-        self.connection: pika.BlockingConnection | None = None
-        self.channel: BlockingChannel | None = None
-
-    def discard(self) -> None:
-        connection, self.connection, self.channel = self.connection, None, None
-        if connection is not None and connection.is_open:
-            # Closing waits for the broker's close-ok, which a blocked or dead broker never
-            # sends: do it off the caller's path, with a bound.
-            gevent.spawn(_close_quietly, connection)
-
-
-def _close_quietly(connection: pika.BlockingConnection) -> None:
-    try:
-        with gevent.Timeout(5):
-            connection.close()
-    except BaseException:
-        log.debug("closing a discarded broker connection failed", exc_info=True)
-
-
 class PikaPublisher:
+    """One asynchronous pika connection per process, with many confirms in flight.
+
+    pika's gevent adapter runs the connection's I/O on the gevent hub. A publishing greenlet
+    writes its frames and then waits for its own delivery tags to be confirmed, so a request's
+    two jobs cost one round trip, and fifty concurrent requests share one connection without
+    queueing behind each other's confirms. None of the adapter's calls used here yields to the
+    hub, so each publish (tag assignment and frames) is atomic among greenlets: no two greenlets
+    ever interleave on the channel.
+
+    The connection is opened lazily and belongs to the process that opened it: after a fork
+    (gunicorn workers) the child opens its own. When the broker cannot be reached, further
+    publishes fail fast for `reconnect_pause` seconds instead of each paying a connect attempt.
+    """
+
     def __init__(
         self,
         amqp_url: str,
         *,
-        pool_size: int = 8,
         retry_delays_ms: Sequence[int] = (),
         queue_type: str = "classic",
+        reconnect_pause: float = 1.0,
+        name: str = "offload-web",
     ) -> None:
-        self._params = connection_parameters(amqp_url, name="offload-web")
+        self._params = connection_parameters(amqp_url, name=name)
         self._retry_delays_ms = tuple(retry_delays_ms)
         self._queue_type = queue_type
-        self._slots: gevent.queue.LifoQueue[_Slot] = gevent.queue.LifoQueue()
-        for _ in range(pool_size):
-            self._slots.put(_Slot())
-        self._topology_declared = False
+        self._reconnect_pause = reconnect_pause
+        self._reset(os.getpid())
 
-    def _open(self, slot: _Slot) -> BlockingChannel:
-        if slot.channel is not None and slot.channel.is_open:
-            return slot.channel
-        slot.discard()
-        try:
-            slot.connection = pika.BlockingConnection(self._params)
-        except pika.exceptions.AMQPError as exc:
-            raise BrokerUnavailable(f"cannot connect to the broker: {exc!r}") from exc
-        channel = slot.connection.channel()
-        channel.confirm_delivery()
-        if not self._topology_declared:
-            declare_topology(channel, self._retry_delays_ms, queue_type=self._queue_type)
-            self._topology_declared = True
-        slot.channel = channel
-        return channel
+    def _reset(self, pid: int) -> None:
+        self._pid = pid
+        self._connection: GeventConnection | None = None
+        self._channel: Channel | None = None
+        self._connecting: gevent.event.Event | None = None
+        self._last_error: str = ""
+        self._unreachable_until = 0.0
+        self._topology_declared = False
+        self._next_tag = 0
+        self._pending: dict[int, tuple[gevent.event.AsyncResult, str]] = {}
+        self._returned: set[str] = set()
+
+    # -- publishing ----------------------------------------------------------------------------
 
     def publish(self, jobs: Sequence[Job], *, timeout: float) -> None:
+        with gevent.Timeout(timeout, PublishTimeout(f"no confirm within {timeout:.3f}s")):
+            channel = self._ready_channel()
+            confirmations = [self._publish_one(channel, job) for job in jobs]
+            for confirmation in confirmations:
+                confirmation.get()
+
+    def _publish_one(self, channel: Channel, job: Job) -> gevent.event.AsyncResult:
+        confirmation = gevent.event.AsyncResult()
+        self._next_tag += 1
+        self._pending[self._next_tag] = (confirmation, job.notification_id)
         try:
-            slot = self._slots.get(timeout=timeout)
-        except gevent.queue.Empty:
-            raise PublishTimeout("no publisher connection free within the budget") from None
-        try:
-            with gevent.Timeout(timeout, PublishTimeout(f"no confirm within {timeout:.3f}s")):
-                channel = self._open(slot)
-                for job in jobs:
-                    # With confirms on, basic_publish returns once the broker has the message
-                    # on disk (persistent, durable queue); mandatory catches a missing binding.
-                    channel.basic_publish(
-                        JOBS_EXCHANGE,
-                        routing_key=job.kind,
-                        body=encode_job(job),
-                        properties=job_properties(job),
-                        mandatory=True,
-                    )
-        except PublishError:
-            slot.discard()
-            raise
+            channel.basic_publish(
+                JOBS_EXCHANGE,
+                routing_key=job.kind,
+                body=encode_job(job),
+                properties=job_properties(job),
+                mandatory=True,  # an unroutable job comes back instead of vanishing
+            )
         except (pika.exceptions.AMQPError, OSError) as exc:
-            slot.discard()
+            self._pending.pop(self._next_tag, None)
             raise PublishError(f"publish failed: {exc!r}") from exc
-        finally:
-            self._slots.put(slot)
+        return confirmation
+
+    def _ready_channel(self) -> Channel:
+        if self._pid != os.getpid():
+            self._reset(os.getpid())  # forked: the parent's connection is not ours to use
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        if time.monotonic() < self._unreachable_until:
+            raise BrokerUnavailable(f"broker unreachable: {self._last_error}")
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = gevent.event.Event()
+            self._connect()  # may fail at once, clearing self._connecting
+        connecting.wait()
+        if self._channel is None or not self._channel.is_open:
+            raise BrokerUnavailable(f"broker unreachable: {self._last_error}")
+        return self._channel
+
+    # -- connection life cycle (callbacks run on the gevent hub) ------------------------------
+
+    def _connect(self) -> None:
+        if not self._topology_declared:
+            try:
+                declare_topology_once(self._params, self._retry_delays_ms, self._queue_type)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self._connect_failed(repr(exc))
+                return
+            self._topology_declared = True
+        self._connection = GeventConnection(
+            self._params,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=lambda _conn, exc: self._connect_failed(repr(exc)),
+            on_close_callback=self._on_connection_closed,
+        )
+
+    def _connect_failed(self, error: str) -> None:
+        log.warning("cannot connect to the broker: %s", error)
+        self._last_error = error
+        self._unreachable_until = time.monotonic() + self._reconnect_pause
+        self._connection = None
+        self._finish_connecting()
+
+    def _finish_connecting(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.set()
+
+    def _on_connection_open(self, connection: GeventConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Channel) -> None:
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+
+        def confirming(_frame: Any) -> None:
+            self._next_tag = 0
+            self._channel = channel
+            self._finish_connecting()
+
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=confirming)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tags = (
+            [tag for tag in self._pending if tag <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        for tag in tags:
+            entry = self._pending.pop(tag, None)
+            if entry is None:
+                continue  # its publisher gave up (timeout) long ago
+            confirmation, message_id = entry
+            if message_id in self._returned:
+                self._returned.discard(message_id)
+                confirmation.set_exception(PublishError("the broker could not route the job"))
+            elif acked:
+                confirmation.set(True)
+            else:
+                confirmation.set_exception(PublishError("the broker refused the job (nack)"))
+
+    def _on_return(self, _channel: Channel, _method: Any, properties: Any, _body: bytes) -> None:
+        # Basic.Return comes before the Ack of the same message.
+        self._returned.add(properties.message_id)
+
+    def _on_channel_closed(self, _channel: Channel, reason: Exception) -> None:
+        self._fail_pending(f"channel closed: {reason!r}")
+        self._channel = None
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+
+    def _on_connection_closed(self, _connection: GeventConnection, reason: Exception) -> None:
+        log.warning("broker connection closed: %r", reason)
+        self._fail_pending(f"connection closed: {reason!r}")
+        self._channel = None
+        self._connection = None
+        self._last_error = repr(reason)
+        self._finish_connecting()
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for confirmation, _message_id in pending.values():
+            confirmation.set_exception(PublishError(reason))
+        self._returned.clear()
 
     def close(self) -> None:
-        while not self._slots.empty():
-            self._slots.get_nowait().discard()
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+            with gevent.Timeout(5, False):
+                while self._connection is not None:
+                    gevent.sleep(0.01)
+
+
+def declare_topology_once(
+    params: pika.URLParameters, retry_delays_ms: Sequence[int], queue_type: str
+) -> None:
+    """Declare the topology over a short-lived blocking connection."""
+    connection = pika.BlockingConnection(params)
+    try:
+        declare_topology(connection.channel(), retry_delays_ms, queue_type=queue_type)
+    finally:
+        connection.close()
 
 
 class InMemoryPublisher:

@@ -56,7 +56,9 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
 def run_relay(settings: Settings) -> int:
     relay = Relay(
         make_session_factory(make_engine(settings.database_url)),
-        PikaPublisher(settings.amqp_url, pool_size=1, retry_delays_ms=settings.retry_delays_ms),
+        PikaPublisher(
+            settings.amqp_url, retry_delays_ms=settings.retry_delays_ms, name="offload-relay"
+        ),
         interval=settings.relay_interval,
         batch_size=settings.relay_batch_size,
         grace_seconds=settings.relay_grace_seconds,
