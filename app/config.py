@@ -60,6 +60,8 @@ class Settings:
     # A pending outbox row younger than this belongs to the request that wrote it; the relay
     # leaves it alone so the normal path is not published twice.
     relay_grace_seconds: float = 5.0
+    # How long a consumer owns a notification while sending it; longer than any send may take.
+    send_lease_seconds: float = 30.0
     verification_max_age: int = 48 * 3600
     sms_code_max_age: int = 15 * 60
     sms_code_max_attempts: int = 5
@@ -150,6 +152,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RELAY_INTERVAL": ("relay_interval", _float),
     "RELAY_BATCH_SIZE": ("relay_batch_size", _int),
     "RELAY_GRACE_SECONDS": ("relay_grace_seconds", _float),
+    "SEND_LEASE_SECONDS": ("send_lease_seconds", _float),
     "RATE_LIMIT_ENABLED": ("rate_limit_enabled", _bool),
     "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),
     "RATE_LIMIT_VERIFICATIONS": ("rate_limit_verifications", str),

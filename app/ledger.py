@@ -7,9 +7,11 @@ and by the consumers, so every mode leaves the same trace. Each function commits
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.models import Notification, utcnow
 
@@ -36,7 +38,30 @@ def mark_skipped(session: Session, notification_ids: Sequence[str]) -> None:
     session.commit()
 
 
+def take_send_lease(session: Session, notification: Notification, seconds: float) -> bool:
+    """Claim the right to send this notification now; False if another consumer holds it."""
+    now = utcnow()
+    until = now + timedelta(seconds=seconds)
+    result = session.execute(
+        update(Notification)
+        .where(
+            Notification.id == notification.id,
+            Notification.status != "sent",
+            or_(Notification.send_lease_until.is_(None), Notification.send_lease_until < now),
+        )
+        .values(send_lease_until=until)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    # Tell the loaded object what the UPDATE wrote, so clearing the lease later is a change.
+    set_committed_value(notification, "send_lease_until", until)
+    return True
+
+
 def mark_sent(session: Session, notification: Notification) -> None:
+    notification.send_lease_until = None
     notification.status = "sent"
     notification.attempts += 1
     notification.sent_at = utcnow()
@@ -56,4 +81,5 @@ def mark_attempt_failed(
     notification.attempts += 1
     notification.last_error = error[:MAX_ERROR_LENGTH]
     notification.status = status
+    notification.send_lease_until = None
     session.commit()

@@ -75,5 +75,8 @@ class Notification(Base):
     # Relay lease: the relay that claimed a row owns it until `claimed_until`.
     claimed_by: Mapped[str | None] = mapped_column(String(32))
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Send lease: a consumer about to send owns the row until this time, so two copies of one
+    # job (a relay republish racing a late confirm) never go out at once.
+    send_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     user: Mapped[User] = relationship(back_populates="notifications")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import smtplib
 import ssl
 from email.message import EmailMessage
-from email.utils import make_msgid
 
 from app.config import Settings
 from app.jobs import EmailJob
@@ -22,7 +21,9 @@ def build_message(job: EmailJob, mail_from: str) -> EmailMessage:
     message["From"] = mail_from
     message["To"] = job.to
     message["Subject"] = job.subject
-    message["Message-ID"] = make_msgid(idstring=job.notification_id, domain="offload.local")
+    # Derived from the notification alone: a resend after a crash (sent, but not yet recorded
+    # in the ledger) carries the same Message-ID, which mail systems use to fold duplicates.
+    message["Message-ID"] = f"<{job.notification_id}@offload.local>"
     message["X-Offload-Notification"] = job.notification_id
     message.set_content(job.text)
     return message

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
 from app.jobs import MalformedJob, decode_job
-from app.ledger import mark_attempt_failed, mark_sent
+from app.ledger import mark_attempt_failed, mark_sent, take_send_lease
 from app.models import Notification
 from services.delivery import PermanentSendError, Sender, TransientSendError
 
@@ -45,6 +45,7 @@ Verdict = Ack | Retry | Park
 class RetryPolicy:
     max_attempts: int
     delays_ms: tuple[int, ...]
+    send_lease_seconds: float = 30.0
 
     def delay_after(self, attempts: int) -> int:
         """Backoff before the next try, after `attempts` failed tries (1-based)."""
@@ -74,6 +75,10 @@ def handle_message(
             # A redelivery (consumer died before its ack, broker restart): the ledger says it
             # already went out, so it must not go out twice.
             return Ack("already sent")
+        if not take_send_lease(session, notification, policy.send_lease_seconds):
+            # Another copy of this job is being sent right now: look again after a pause,
+            # by which time the ledger says sent (ack) or the lease ran out (send).
+            return Retry(policy.delays_ms[0], "another consumer is sending this notification")
         try:
             sender.send(job)
         except PermanentSendError as exc:

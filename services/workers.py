@@ -39,7 +39,9 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
         amqp_url=settings.amqp_url,
         sender=sender,  # type: ignore[arg-type]
         sessions=make_session_factory(make_engine(settings.database_url)),
-        policy=RetryPolicy(settings.max_attempts, settings.retry_delays_ms),
+        policy=RetryPolicy(
+            settings.max_attempts, settings.retry_delays_ms, settings.send_lease_seconds
+        ),
         concurrency=concurrency,
         prefetch=prefetch,
     )

@@ -79,8 +79,13 @@ class SmsGatewayApp:
         self.timeout_rate = timeout_rate
         self.hang_seconds = hang_seconds
         self._rng = rng or random.Random()
-        # idempotency key -> the id it was first accepted under
-        self._accepted: dict[str, str] = {}
+        # idempotency key -> the id it was first accepted under; a restarted sink remembers
+        # what it accepted before, as a real gateway would.
+        self._accepted: dict[str, str] = {
+            r["notification_id"]: r["id"]
+            for r in read_records(records.path)
+            if r.get("notification_id") and r.get("id") and not r.get("duplicate")
+        }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

@@ -56,6 +56,11 @@ class RecordingSmtpHandler:
         self.failure_rate = failure_rate
         self.permanent_failure_rate = permanent_failure_rate
         self._rng = rng or random.Random()
+        # Message-IDs accepted so far (including by an earlier run on the same record file):
+        # a resend of the same message is recorded as a duplicate, as a mailbox would fold it.
+        self._seen_message_ids: set[str] = {
+            r["message_id"] for r in read_records(records.path) if r.get("message_id")
+        }
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         received_at = time.time()
@@ -65,7 +70,11 @@ class RecordingSmtpHandler:
             return TRANSIENT_FAILURE_REPLY
         if self._rng.random() < self.permanent_failure_rate:
             return PERMANENT_FAILURE_REPLY
-        self.records.append(email_record(envelope, received_at))
+        record = email_record(envelope, received_at)
+        record["duplicate"] = record["message_id"] in self._seen_message_ids
+        if record["message_id"]:
+            self._seen_message_ids.add(record["message_id"])
+        self.records.append(record)
         return ACCEPTED_REPLY
 
 

@@ -94,3 +94,26 @@ def test_register_user_writes_the_outbox_in_the_same_transaction(sessions, email
         user = session.get(User, email_notification.user_id)
         assert sorted(n.channel for n in user.notifications) == ["email", "sms"]
         assert all(n.status == "pending" for n in user.notifications)
+
+
+def test_a_job_whose_notification_another_consumer_is_sending_waits(sessions, email_notification):
+    from app.ledger import take_send_lease
+
+    with sessions() as session:
+        row = session.get(Notification, email_notification.id)
+        assert take_send_lease(session, row, 30)  # a first consumer holds it
+    sender = RecordingSender()
+    verdict = handle(body_of(email_notification), sender, sessions)
+    assert verdict == Retry(100, "another consumer is sending this notification")
+    assert sender.sent == []
+
+
+def test_an_expired_lease_is_taken_over(sessions, email_notification):
+    from app.ledger import take_send_lease
+
+    with sessions() as session:
+        row = session.get(Notification, email_notification.id)
+        assert take_send_lease(session, row, -1)  # the holder died; its lease has run out
+    sender = RecordingSender()
+    assert handle(body_of(email_notification), sender, sessions) == Ack("sent")
+    assert len(sender.sent) == 1
