@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,13 @@ class BrokerNodeError(RuntimeError):
     """The node could not be started or stopped; the message says why and what to do."""
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def rabbitmq_installed() -> bool:
     return os.path.exists(SERVER) and os.path.exists(CTL)
 
@@ -37,7 +45,8 @@ class RabbitNode:
     def __init__(self, base_dir: str | Path, port: int, *, dist_port: int | None = None) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.port = port
-        self.dist_port = dist_port or port + 20000
+        # RabbitMQ's own default is port + 20000, which overflows for high (free) ports.
+        self.dist_port = dist_port or (port + 20000 if port + 20000 <= 65535 else _free_port())
         self.nodename = f"offload{port}@localhost"
         self.pid_file = self.base_dir / "rabbit.pid"
         self.log_dir = self.base_dir / "log"

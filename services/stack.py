@@ -39,6 +39,7 @@ class StackConfig:
     run_dir: Path
     web_port: int = 8000
     amqp_port: int = 5673
+    amqp_dist_port: int | None = None
     smtp_port: int = 1025
     sms_port: int = 1026
     sink_delay_ms: float = 50.0
@@ -58,6 +59,7 @@ class StackConfig:
         ports = {
             "web_port": free_port(),
             "amqp_port": free_port(),
+            "amqp_dist_port": free_port(),
             "smtp_port": free_port(),
             "sms_port": free_port(),
         }
@@ -130,7 +132,9 @@ class Stack:
     def start_broker(self) -> None:
         if self.config.amqp_url:
             return
-        self.node = RabbitNode(self.run_dir / "rabbitmq", self.config.amqp_port)
+        self.node = RabbitNode(
+            self.run_dir / "rabbitmq", self.config.amqp_port, dist_port=self.config.amqp_dist_port
+        )
         self.say(f"starting RabbitMQ node {self.node.nodename}")
         started = time.monotonic()
         self.node.start()
@@ -155,6 +159,27 @@ class Stack:
         self.say(
             f"SMTP sink on :{self.config.smtp_port}, SMS gateway sink on :{self.config.sms_port} "
             f"({self.config.sink_delay_ms:g} ms each)"
+        )
+
+    def restart_sink(
+        self,
+        kind: Literal["smtp", "sms"],
+        *,
+        failure_rate: float = 0.0,
+        timeout_rate: float = 0.0,
+        hang_seconds: float | None = None,
+    ) -> None:
+        """Replace a sink by one that fails (or hangs) a share of requests; same port, same file."""
+        old = self.sinks.pop(kind)
+        old.stop()
+        self.sinks[kind] = start_sink_process(
+            kind,
+            old.port,
+            old.record_path,
+            delay_ms=self.config.sink_delay_ms,
+            failure_rate=failure_rate,
+            timeout_rate=timeout_rate,
+            hang_seconds=hang_seconds,
         )
 
     def start_web(self, *extra_args: str) -> None:

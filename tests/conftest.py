@@ -129,6 +129,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         consumer_prefetch=8,
         extra_env={
             "RETRY_DELAYS_MS": "200,400,800",
+            "MAX_ATTEMPTS": "12",
+            "SEND_LEASE_SECONDS": "3",
+            "SMS_TIMEOUT": "1",
+            "SMTP_TIMEOUT": "2",
+            "RATE_LIMIT_ENABLED": "false",
             "RELAY_INTERVAL": "0.2",
             "RELAY_GRACE_SECONDS": "1",
             "BENCH_MODES": "true",
