@@ -87,7 +87,7 @@ class RabbitNode:
             "loopback_users.guest = true\nlog.file.level = warning\n"
         )
 
-    def _ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    def ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [CTL, "-n", self.nodename, *args],
             env=self.environment(),
@@ -98,7 +98,7 @@ class RabbitNode:
         )
 
     def is_running(self) -> bool:
-        return self._ctl("status", timeout=30).returncode == 0
+        return self.ctl("status", timeout=30).returncode == 0
 
     def start(self, *, timeout: float = START_TIMEOUT) -> None:
         """Start the node and return once it accepts connections."""
@@ -119,7 +119,7 @@ class RabbitNode:
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise BrokerNodeError(f"RabbitMQ did not start; see {self.log_dir}/startup.log")
             time.sleep(0.1)
-        result = self._ctl("wait", str(self.pid_file), "--timeout", str(int(timeout)))
+        result = self.ctl("wait", str(self.pid_file), "--timeout", str(int(timeout)))
         if result.returncode != 0:
             self.kill()
             raise BrokerNodeError(
@@ -136,7 +136,7 @@ class RabbitNode:
     def stop(self) -> None:
         """Stop gracefully (queues are flushed to disk), falling back to SIGKILL by PID."""
         pid = self.pid()
-        result = self._ctl("stop", str(self.pid_file), timeout=60) if pid else None
+        result = self.ctl("stop", str(self.pid_file), timeout=60) if pid else None
         if result is None or result.returncode != 0:
             self.kill()
         if self._process is not None:

@@ -9,10 +9,12 @@ delivery; the tests bound how many there may be.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pika
@@ -22,6 +24,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from app.jobs import EmailJob, encode_job, parked_queue, work_queue
+from app.messaging import declare_topology
 from app.models import User
 from tests.integration.helpers import (
     assert_delivered_once,
@@ -32,6 +35,8 @@ from tests.integration.helpers import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RETRY_DELAYS_MS = (200, 400, 800)  # as the stack fixture configures them
 
 
 def register_many(stack: Any, count: int, tag: str) -> list[dict[str, Any]]:
@@ -153,18 +158,26 @@ def test_sinks_failing_and_timing_out(stack):
     assert max(n["attempts"] for u in statuses for n in u["notifications"]) > 1
 
 
-def parked_messages(stack: Any, channel: str) -> list[tuple[dict[str, Any], bytes]]:
+@contextlib.contextmanager
+def broker_channel(stack: Any) -> Iterator[Any]:
+    """A channel to the stack's broker, with the topology declared (as the consumers do)."""
     connection = pika.BlockingConnection(pika.URLParameters(stack.amqp_url))
     try:
-        ch = connection.channel()
+        channel = connection.channel()
+        declare_topology(channel, RETRY_DELAYS_MS)
+        yield channel
+    finally:
+        connection.close()
+
+
+def parked_messages(stack: Any, channel: str) -> list[tuple[dict[str, Any], bytes]]:
+    with broker_channel(stack) as ch:
         found = []
         while True:
             method, properties, body = ch.basic_get(parked_queue(channel), auto_ack=True)
             if method is None:
                 return found
             found.append((properties.headers or {}, body))
-    finally:
-        connection.close()
 
 
 def test_malformed_and_unknown_jobs_are_parked_and_the_consumer_goes_on(stack):
@@ -197,9 +210,82 @@ def test_malformed_and_unknown_jobs_are_parked_and_the_consumer_goes_on(stack):
 
 
 def queue_depth(stack: Any, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(stack.amqp_url))
+    with broker_channel(stack) as ch:
+        return int(ch.queue_declare(queue, passive=True).method.message_count)
+
+
+def test_parked_jobs_can_be_listed_replayed_and_purged(stack):
+    from app.jobs import PARKED_EXCHANGE, SmsJob
+    from services.parked import list_parked, purge_parked, replay_parked
+
+    user = register(stack.base_url, "queued")["user"]
+    assert_delivered_once(stack, [user], timeout=30)
+    sms = next(r for r in stack.sinks["sms"].records() if r["to"] == user["phone"])
+    job = encode_job(SmsJob(notification_id=sms["notification_id"], to=user["phone"], body="b"))
+    with broker_channel(stack) as ch:
+        ch.queue_purge(parked_queue("sms"))
+        # Park a copy of the job, as a consumer does after a permanent failure.
+        ch.confirm_delivery()
+        ch.basic_publish(
+            PARKED_EXCHANGE,
+            "sms",
+            job,
+            pika.BasicProperties(
+                delivery_mode=2,
+                message_id=sms["notification_id"],
+                headers={"x-offload-reason": "permanent failure: test"},
+            ),
+        )
+        listed = list_parked(ch, "sms", 10)
+        assert [(j.reason, j.notification_id) for j in listed] == [
+            ("permanent failure: test", sms["notification_id"])
+        ]
+        assert queue_depth(stack, parked_queue("sms")) == 1  # listing leaves it parked
+        assert replay_parked(ch, "sms", 10) == 1
+        assert queue_depth(stack, parked_queue("sms")) == 0
+        # The consumer gets the replayed job; its ledger says sent, so it is not sent again.
+        wait_for(
+            lambda: queue_depth(stack, work_queue("sms")) == 0,
+            timeout=10,
+            what="the replayed job to be consumed",
+        )
+        time.sleep(0.5)
+        assert deliveries(stack, "sms", {user["phone"]})[user["phone"]] == 1
+        ch.basic_publish(PARKED_EXCHANGE, "sms", job, pika.BasicProperties(delivery_mode=2))
+        assert purge_parked(ch, "sms") == 1
+
+
+def test_memory_alarm_blocks_publishers_but_never_hangs_a_request(stack):
+    assert stack.node is not None
+    alarm = stack.node.ctl("set_vm_memory_high_watermark", "0")
+    assert alarm.returncode == 0, alarm.stderr
     try:
-        declared = connection.channel().queue_declare(queue, passive=True)
-        return int(declared.method.message_count)
+        wait_for(
+            lambda: "memory" in stack.node.ctl("status").stdout.split("Alarms")[-1][:200],
+            timeout=30,
+            what="the memory alarm",
+        )
+        # Each request answers (the requests' own 10 s timeout is the hang detector) and leaves
+        # its jobs to the relay, because the blocked broker confirms nothing.
+        with requests.Session() as http:
+            users = []
+            for _ in range(5):
+                response = http.post(
+                    f"{stack.base_url}/api/users?mode=queued", json=unique_user("alarm"), timeout=10
+                )
+                assert response.status_code == 201
+                users.append(response.json()["user"])
+        assert all(n["status"] == "pending" for u in users for n in u["notifications"])
     finally:
-        connection.close()
+        cleared = stack.node.ctl("set_vm_memory_high_watermark", "0.4")
+        assert cleared.returncode == 0, cleared.stderr
+    assert_delivered_once(stack, users, timeout=90)
+
+
+def test_consumer_resubscribes_when_the_broker_cancels_it(stack):
+    with broker_channel(stack) as ch:
+        ch.queue_delete(work_queue("sms"))  # the broker cancels the SMS consumer's subscription
+    # The consumer declares the topology again and goes on; the job published meanwhile (if
+    # unroutable) is returned to the publisher and left to the relay.
+    user = register(stack.base_url, "queued")["user"]
+    assert_delivered_once(stack, [user], timeout=60)

@@ -1,0 +1,134 @@
+"""List, replay and purge parked jobs: `python -m services.parked list|replay|purge`.
+
+A job is parked when it failed permanently, ran out of attempts, or could not be read. Its
+headers say why (`x-offload-reason`). Replaying moves it back onto the jobs exchange (after the
+cause is fixed: the SMTP server is back, the address corrected); the consumer's ledger check
+still makes sure nothing already sent goes out again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+
+from app.config import ConfigError, load_settings
+from app.jobs import CHANNELS, JOBS_EXCHANGE, parked_queue
+from app.messaging import connection_parameters, declare_topology
+
+
+@dataclass(frozen=True)
+class ParkedJob:
+    channel: str
+    reason: str
+    parked_at: str
+    notification_id: str | None
+    body: bytes
+
+
+def _describe(channel: str, properties: Any, body: bytes) -> ParkedJob:
+    headers = properties.headers or {}
+    parked_at = headers.get("x-offload-parked-at")
+    when = datetime.fromtimestamp(parked_at, UTC).isoformat() if parked_at else "unknown"
+    return ParkedJob(
+        channel=channel,
+        reason=str(headers.get("x-offload-reason", "dead-lettered by the broker")),
+        parked_at=when,
+        notification_id=properties.message_id,
+        body=body,
+    )
+
+
+def list_parked(
+    channel: pika.adapters.blocking_connection.BlockingChannel, name: str, limit: int
+) -> list[ParkedJob]:
+    """Look at up to `limit` parked jobs without removing them (they are requeued)."""
+    seen: list[ParkedJob] = []
+    tags: list[int] = []
+    for _ in range(limit):
+        method, properties, body = channel.basic_get(parked_queue(name), auto_ack=False)
+        if method is None:
+            break
+        tags.append(method.delivery_tag)
+        seen.append(_describe(name, properties, body))
+    if tags:
+        channel.basic_nack(tags[-1], multiple=True, requeue=True)
+    return seen
+
+
+def replay_parked(
+    channel: pika.adapters.blocking_connection.BlockingChannel, name: str, limit: int
+) -> int:
+    """Move up to `limit` parked jobs back to their work queue; return how many moved."""
+    channel.confirm_delivery()
+    moved = 0
+    for _ in range(limit):
+        method, properties, body = channel.basic_get(parked_queue(name), auto_ack=False)
+        if method is None:
+            break
+        headers = {
+            k: v
+            for k, v in (properties.headers or {}).items()
+            if not k.startswith("x-offload-") and k != "x-death"
+        }
+        channel.basic_publish(
+            JOBS_EXCHANGE,
+            routing_key=name,
+            body=body,
+            properties=pika.BasicProperties(
+                content_type=properties.content_type,
+                delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=properties.message_id,
+                type=properties.type,
+                headers={**headers, "x-offload-replayed": True},
+            ),
+            mandatory=True,
+        )
+        # Ack the parked copy only once the replayed one is confirmed.
+        channel.basic_ack(method.delivery_tag)
+        moved += 1
+    return moved
+
+
+def purge_parked(channel: pika.adapters.blocking_connection.BlockingChannel, name: str) -> int:
+    result = channel.queue_purge(parked_queue(name))
+    return int(result.method.message_count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Inspect, replay or purge parked jobs.")
+    parser.add_argument("action", choices=["list", "replay", "purge"])
+    parser.add_argument("--channel", choices=[*CHANNELS, "all"], default="all")
+    parser.add_argument("--limit", type=int, default=100, help="at most this many jobs")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    names = CHANNELS if args.channel == "all" else (args.channel,)
+    connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, name="parked"))
+    try:
+        channel = connection.channel()
+        declare_topology(channel, settings.retry_delays_ms)
+        for name in names:
+            if args.action == "list":
+                jobs = list_parked(channel, name, args.limit)
+                print(f"{parked_queue(name)}: {len(jobs)} shown")
+                for job in jobs:
+                    print(f"  {job.parked_at}  {job.notification_id or '-'}  {job.reason}")
+            elif args.action == "replay":
+                print(f"{parked_queue(name)}: replayed {replay_parked(channel, name, args.limit)}")
+            else:
+                print(f"{parked_queue(name)}: purged {purge_parked(channel, name)}")
+    finally:
+        connection.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
