@@ -53,6 +53,8 @@ class Settings:
     sms_timeout: float = 10.0
     consumer_concurrency: int = 10
     consumer_prefetch: int = 20
+    # "quorum" for a RabbitMQ cluster (replicated queues); "classic" on a single node.
+    queue_type: str = "classic"
     max_attempts: int = 5
     retry_delays_ms: tuple[int, ...] = (1_000, 5_000, 30_000, 120_000)
     relay_interval: float = 1.0
@@ -83,6 +85,8 @@ class Settings:
             )
         if self.environment == "production" and self.secret_key == DEFAULT_SECRET_KEY:
             raise ConfigError("SECRET_KEY must be set to a random value in production")
+        if self.queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"QUEUE_TYPE must be classic or quorum, not {self.queue_type!r}")
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
         return self
@@ -147,6 +151,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SMS_TIMEOUT": ("sms_timeout", _float),
     "CONSUMER_CONCURRENCY": ("consumer_concurrency", _int),
     "CONSUMER_PREFETCH": ("consumer_prefetch", _int),
+    "QUEUE_TYPE": ("queue_type", str),
     "MAX_ATTEMPTS": ("max_attempts", _int),
     "RETRY_DELAYS_MS": ("retry_delays_ms", _delays),
     "RELAY_INTERVAL": ("relay_interval", _float),

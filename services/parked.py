@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, name="parked"))
     try:
         channel = connection.channel()
-        declare_topology(channel, settings.retry_delays_ms)
+        declare_topology(channel, settings.retry_delays_ms, queue_type=settings.queue_type)
         for name in names:
             if args.action == "list":
                 jobs = list_parked(channel, name, args.limit)

@@ -44,6 +44,7 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
         ),
         concurrency=concurrency,
         prefetch=prefetch,
+        queue_type=settings.queue_type,
     )
     install_signal_handlers(consumer)
     print(
@@ -59,7 +60,10 @@ def run_relay(settings: Settings) -> int:
     relay = Relay(
         make_session_factory(make_engine(settings.database_url)),
         PikaPublisher(
-            settings.amqp_url, retry_delays_ms=settings.retry_delays_ms, name="offload-relay"
+            settings.amqp_url,
+            retry_delays_ms=settings.retry_delays_ms,
+            queue_type=settings.queue_type,
+            name="offload-relay",
         ),
         interval=settings.relay_interval,
         batch_size=settings.relay_batch_size,
