@@ -4,6 +4,8 @@ Addresses come from the application's settings (HOST, PORT). Never `preload_app`
 app, and with it each worker's broker connections, must be created after the fork.
 """
 
+from typing import Any
+
 from app.config import load_settings
 
 _settings = load_settings()
@@ -16,3 +18,8 @@ preload_app = False
 graceful_timeout = 10
 keepalive = 5
 accesslog = None
+
+
+def post_worker_init(worker: Any) -> None:
+    # Each worker connects to the broker itself, after the fork, before its first request.
+    worker.wsgi.extensions["offload.dispatcher"].publisher.warm_up()

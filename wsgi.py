@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
     server.start()
+    application.extensions["offload.dispatcher"].publisher.warm_up()
     address = server.address
     log.info(
         "serving on http://%s:%s (tcp_nodelay=%s)", address[0], address[1], settings.tcp_nodelay

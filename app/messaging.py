@@ -53,6 +53,9 @@ class Publisher(Protocol):
     def publish(self, jobs: Sequence[Job], *, timeout: float) -> None:
         """Publish persistent jobs and return once the broker confirmed every one of them."""
 
+    def warm_up(self) -> None:
+        """Start connecting now, so the first request does not pay for it (never raises)."""
+
     def close(self) -> None: ...
 
 
@@ -153,6 +156,15 @@ class PikaPublisher:
         self._returned: set[str] = set()
 
     # -- publishing ----------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        def connect() -> None:
+            try:
+                self._ready_channel()
+            except PublishError as exc:
+                log.warning("publisher warm-up: %s (requests will retry)", exc)
+
+        gevent.spawn(connect)
 
     def publish(self, jobs: Sequence[Job], *, timeout: float) -> None:
         with gevent.Timeout(timeout, PublishTimeout(f"no confirm within {timeout:.3f}s")):
@@ -313,6 +325,9 @@ class InMemoryPublisher:
         if self.fail_with is not None:
             raise self.fail_with
         self.published.extend(jobs)
+
+    def warm_up(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
