@@ -123,7 +123,7 @@ class Dispatcher:
         self, session: Session, notifications: list[Notification]
     ) -> dict[str, float]:
         """The benchmark's insert-only baseline: close the outbox rows without sending."""
-        mark_skipped(session, [n.id for n in notifications])
+        mark_skipped(session, notifications)
         return {}
 
     def dispatch_queued(
@@ -138,5 +138,5 @@ class Dispatcher:
             log.warning("publish failed, leaving the jobs to the outbox relay: %s", exc)
             return {"publish": (time.perf_counter() - started) * 1000}
         timings = {"publish": (time.perf_counter() - started) * 1000}
-        mark_queued(session, [n.id for n in notifications])
+        mark_queued(session, notifications)
         return timings

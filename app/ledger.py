@@ -18,24 +18,41 @@ from app.models import Notification, utcnow
 MAX_ERROR_LENGTH = 1000
 
 
-def mark_queued(session: Session, notification_ids: Sequence[str]) -> None:
+def mark_queued(session: Session, notifications: Sequence[Notification]) -> None:
     # Only pending rows: a fast consumer may already have marked the row sent.
+    now = utcnow()
     session.execute(
         update(Notification)
-        .where(Notification.id.in_(notification_ids), Notification.status == "pending")
-        .values(status="queued", queued_at=utcnow())
+        .where(
+            Notification.id.in_([n.id for n in notifications]),
+            Notification.status == "pending",
+        )
+        .values(status="queued", queued_at=now)
+        .execution_options(synchronize_session=False)
     )
     session.commit()
+    # Tell the loaded objects, without a SELECT per row (this is on the request's path).
+    for notification in notifications:
+        if notification.status == "pending":
+            set_committed_value(notification, "status", "queued")
+            set_committed_value(notification, "queued_at", now)
 
 
-def mark_skipped(session: Session, notification_ids: Sequence[str]) -> None:
+def mark_skipped(session: Session, notifications: Sequence[Notification]) -> None:
     # Same shape of work as mark_queued (one UPDATE, one commit), so the baseline is fair.
     session.execute(
         update(Notification)
-        .where(Notification.id.in_(notification_ids), Notification.status == "pending")
+        .where(
+            Notification.id.in_([n.id for n in notifications]),
+            Notification.status == "pending",
+        )
         .values(status="skipped", last_error="benchmark baseline: not sent")
+        .execution_options(synchronize_session=False)
     )
     session.commit()
+    for notification in notifications:
+        set_committed_value(notification, "status", "skipped")
+        set_committed_value(notification, "last_error", "benchmark baseline: not sent")
 
 
 def take_send_lease(session: Session, notification: Notification, seconds: float) -> bool:

@@ -168,9 +168,9 @@ def register_user(session: Session, settings: Settings, registration: Registrati
     )
     user.sms_code_hash = hash_sms_code(settings.secret_key, user.id, code)
     user.sms_code_expires_at = user.created_at + timedelta(seconds=settings.sms_code_max_age)
-    notifications = build_notifications(settings, user, code)
+    # Assigned through the relationship, so the response can list them without a SELECT.
+    user.notifications = notifications = build_notifications(settings, user, code)
     session.add(user)
-    session.add_all(notifications)
     try:
         session.commit()
     except IntegrityError:

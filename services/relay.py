@@ -81,14 +81,14 @@ def relay_once(
         claimed = claim_pending(
             session, relay_id=relay_id, batch_size=batch_size, grace_seconds=grace_seconds
         )
-        queued: list[str] = []
+        queued: list[Notification] = []
         for notification in claimed:
             try:
                 publisher.publish([job_from_dict(notification.payload)], timeout=publish_timeout)
             except PublishError as exc:
                 log.warning("relay: publish failed, will try again: %s", exc)
                 break
-            queued.append(notification.id)
+            queued.append(notification)
         if queued:
             mark_queued(session, queued)
             log.info("relay: queued %d pending notifications", len(queued))
