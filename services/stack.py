@@ -189,8 +189,20 @@ class Stack:
         self.spawn("web", args)
         self.wait_until_ready()
 
-    def start_worker(self, worker: str) -> None:
-        self.spawn(worker, [sys.executable, "-m", "services.workers", worker])
+    def start_worker(self, worker: str, *, wait: bool = True) -> None:
+        """Start a consumer or the relay; by default, return once it has said it started (its
+        signal handlers are installed by then, so a SIGTERM is a clean stop, not a kill)."""
+        log_path = self.log_dir / f"{worker}.log"
+        marker = f"offload {worker} ".encode()
+        before = _count_started(log_path, marker)
+        process = self.spawn(worker, [sys.executable, "-m", "services.workers", worker])
+        deadline = time.monotonic() + READY_TIMEOUT
+        while wait and _count_started(log_path, marker) <= before:
+            if process.poll() is not None:
+                raise StackError(f"the {worker} worker exited; see {log_path}")
+            if time.monotonic() > deadline:
+                raise StackError(f"the {worker} worker did not start; see {log_path}")
+            time.sleep(0.05)
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
@@ -264,6 +276,14 @@ class Stack:
     def say(self, message: str) -> None:
         if self.config.echo:
             print(f"[stack] {message}", flush=True)
+
+
+def _count_started(log_path: Path, marker: bytes) -> int:
+    try:
+        content = log_path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in content.splitlines() if line.startswith(marker) and b"started" in line)
 
 
 def _copy_prefixed(process: subprocess.Popen[bytes], name: str, log_file: IO[bytes]) -> None:

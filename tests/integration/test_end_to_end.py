@@ -64,3 +64,15 @@ def test_sigterm_on_a_consumer_mid_stream_loses_nothing(stack):
     stack.stop_process("email")
     stack.start_worker("email")
     assert_delivered_once(stack, users, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["relay", "sms", "web"])
+def test_sigterm_stops_each_process_cleanly(stack, name):
+    # stop_process sends SIGTERM and waits: a clean drain exits 0.
+    assert stack.stop_process(name) == 0
+    if name == "web":
+        stack.start_web()
+    else:
+        stack.start_worker(name)
+    user = register(stack.base_url, "queued")["user"]
+    assert_delivered_once(stack, [user], timeout=60)
