@@ -27,17 +27,25 @@ def create_app(
     sms_sender: Any = None,
     engine: Engine | None = None,
 ) -> Flask:
-    settings = settings or load_settings()
+    # Validated here too, not only in load_settings(): a caller that builds Settings by hand
+    # (tests, embedders) gets the same refusals, e.g. the default SECRET_KEY in production.
+    settings = (settings or load_settings()).validate()
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         WTF_CSRF_TIME_LIMIT=None,
         JSON_SORT_KEYS=False,
+        # The session cookie carries the CSRF token and flashed messages: never readable by
+        # scripts, never sent along with another site's requests, HTTPS-only when served so.
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
     )
     app.extensions["offload.settings"] = settings
     register_logging(settings)
     register_database(app, settings, engine)
+    register_rate_limits(app, settings)
     register_dispatcher(app, settings, publisher, email_sender, sms_sender)
     register_blueprints(app)
     register_security(app)
@@ -54,6 +62,12 @@ def register_database(app: Flask, settings: Settings, engine: Engine | None) -> 
     from app import db
 
     db.init_app(app, engine or db.make_engine(settings.database_url))
+
+
+def register_rate_limits(app: Flask, settings: Settings) -> None:
+    from app import ratelimit
+
+    ratelimit.init_app(app, settings, app.extensions["offload.engine"])
 
 
 def register_dispatcher(
@@ -78,11 +92,12 @@ def register_dispatcher(
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import api, health, web
+    from app import api, compare, health, web
 
     app.register_blueprint(api.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(compare.bp)
     csrf.exempt(api.bp)
     csrf.exempt(health.bp)
     api.register_error_handlers(app)

@@ -1,4 +1,8 @@
-"""The JSON API. Thin views: parse, call the domain, map its errors to JSON."""
+"""The JSON API. Thin views: parse, call the domain, map its errors to JSON.
+
+The OpenAPI document at /api/openapi.json (app/openapi.py) describes every route here, and a
+test keeps the two in step.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from app import accounts
 from app.db import get_session
 from app.metrics import REGISTRATIONS, STEP_SECONDS
-from app.models import User
+from app.openapi import build_document
+from app.ratelimit import REGISTRATIONS as REGISTRATION_LIMIT
+from app.ratelimit import VERIFICATIONS as VERIFICATION_LIMIT
+from app.ratelimit import limit
 from app.registration import (
     AlreadyRegistered,
     InvalidRegistration,
@@ -31,24 +39,48 @@ def server_timing(timings_ms: dict[str, float]) -> str:
     return ", ".join(f"{step};dur={ms:.2f}" for step, ms in timings_ms.items())
 
 
-@bp.post("/users")
-def create_user() -> Response:
-    settings = current_app.extensions["offload.settings"]
-    mode = request.args.get("mode", settings.dispatch_mode)
+# How each verification refusal reads over HTTP. The web pages use the same statuses.
+VERIFICATION_STATUS: dict[type[accounts.VerificationError], int] = {
+    accounts.UnknownUser: 404,
+    accounts.InvalidLink: 400,
+    accounts.InvalidCode: 400,
+    accounts.WrongCode: 400,
+    accounts.AlreadyVerified: 409,
+    # The link or code can no longer work, whatever is sent: gone.
+    accounts.ExpiredLink: 410,
+    accounts.CodeExpired: 410,
+    accounts.TooManyAttempts: 410,
+}
+
+
+def json_object(what: str) -> dict[str, Any] | Response:
+    """The request's JSON object, or the error response to return instead."""
     if not request.is_json:
-        return error(415, "unsupported_media_type", "Send the user as application/json.")
+        return error(415, "unsupported_media_type", f"Send the {what} as application/json.")
     data: Any = request.get_json(silent=True)
     if data is None:
         return error(400, "invalid_json", "The request body is not valid JSON.")
     if not isinstance(data, dict):
         return error(400, "invalid_json", "The request body must be a JSON object.")
+    return data
+
+
+@bp.post("/users")
+@limit(REGISTRATION_LIMIT)
+def create_user() -> Response:
+    settings = current_app.extensions["offload.settings"]
+    mode = request.args.get("mode", settings.dispatch_mode)
+    data = json_object("user")
+    if isinstance(data, Response):
+        return data
     try:
         registered = register_and_notify(
             get_session(), settings, current_app.extensions["offload.dispatcher"], data, mode
         )
     except InvalidRegistration as exc:
-        REGISTRATIONS.labels(mode=mode if exc.fields.keys() != {"mode"} else "unknown",
-                             outcome="invalid").inc()
+        REGISTRATIONS.labels(
+            mode=mode if exc.fields.keys() != {"mode"} else "unknown", outcome="invalid"
+        ).inc()
         return error(400, "invalid", exc.message, exc.fields)
     except AlreadyRegistered as exc:
         REGISTRATIONS.labels(mode=mode, outcome="duplicate").inc()
@@ -65,10 +97,38 @@ def create_user() -> Response:
 
 @bp.get("/users/<user_id>")
 def get_user(user_id: str) -> Response:
-    user = get_session().get(User, user_id)
+    user = accounts.find_user(get_session(), user_id)
     if user is None:
         return error(404, "not_found", "No user with this id.")
-    return jsonify(user=describe_user(user))
+    response = jsonify(user=describe_user(user))
+    # The body holds the user's email address and phone number: keep it out of shared caches.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/users/<user_id>/verify-phone")
+@limit(VERIFICATION_LIMIT)
+def verify_phone(user_id: str) -> Response:
+    data = json_object("code")
+    if isinstance(data, Response):
+        return data
+    code = data.get("code")
+    if not isinstance(code, str):
+        message = "Send the code from the SMS as a string."
+        return error(400, "invalid_code", message, {"code": message})
+    settings = current_app.extensions["offload.settings"]
+    try:
+        user = accounts.verify_phone(get_session(), settings, user_id, code)
+    except accounts.VerificationError as exc:
+        return error(VERIFICATION_STATUS[type(exc)], exc.code, exc.message, exc.fields)
+    response = jsonify(user=describe_user(user))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(build_document(current_app.extensions["offload.settings"]))
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -79,4 +139,9 @@ def register_error_handlers(app: Flask) -> None:
         if not request.path.startswith("/api/"):
             return exc
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error(exc.code or 500, code, exc.description or exc.name)
+        response = error(exc.code or 500, code, exc.description or exc.name)
+        # Keep what the exception says beyond its body: Allow on a 405, Retry-After on a 429.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response

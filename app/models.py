@@ -80,3 +80,20 @@ class Notification(Base):
     send_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     user: Mapped[User] = relationship(back_populates="notifications")
+
+
+class RateLimitCounter(Base):
+    """One client's hits in one fixed window (see app/ratelimit.py).
+
+    Kept in the database, not in process memory, so every gunicorn worker and every web
+    process counts against the same limit.
+    """
+
+    __tablename__ = "rate_limit_counters"
+
+    # "<limit name>:<client address>", e.g. "registrations:203.0.113.7"
+    bucket: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    # When the window closes; the clean-up deletes rows whose window has closed.
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    hits: Mapped[int] = mapped_column(Integer)

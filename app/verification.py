@@ -1,7 +1,12 @@
-"""Email-link tokens and SMS codes. No Flask here: the views and the domain both use it.
+"""Email-link tokens and SMS codes: the cryptography only. No Flask, no database.
 
-The email token is signed and expires (itsdangerous); the SMS code is short, random, stored only
-as a keyed hash, and compared in constant time.
+The email token is signed and expires (itsdangerous). It carries the user's id and a keyed
+digest of the address it was sent to, not the address itself: links end up in browser history
+and proxy logs, and the digest still makes a link sent to an old address useless once the
+address changes. Nothing about the token is stored; it is single-use because verifying sets
+`email_verified_at`, and a used link is refused after that (see app/accounts.py).
+
+The SMS code is short and random, stored only as a keyed hash, and compared in constant time.
 """
 
 from __future__ import annotations
@@ -9,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 SMS_CODE_DIGITS = 6
+_TOKEN_SALT = "offload.verify-email"  # noqa: S105 - a namespace, not a secret
 
 
 class InvalidToken(Exception):
@@ -23,25 +30,61 @@ class ExpiredToken(InvalidToken):
     """The verification link was genuine but is too old."""
 
 
-def _serializer(secret_key: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(secret_key, salt="offload.verify-email")
+@dataclass(frozen=True)
+class EmailClaim:
+    """What a genuine email token says: this user received a link at the address digested."""
+
+    user_id: str
+    email_digest: str
 
 
-def make_email_token(secret_key: str, user_id: str, email: str) -> str:
-    return _serializer(secret_key).dumps({"user": user_id, "email": email})
+def _serializer(secret_key: str, issued_at: int | None = None) -> URLSafeTimedSerializer:
+    if issued_at is None:
+        return URLSafeTimedSerializer(secret_key, salt=_TOKEN_SALT)
+
+    fixed: int = issued_at
+
+    class IssuedAt(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return fixed
+
+    return URLSafeTimedSerializer(secret_key, salt=_TOKEN_SALT, signer=IssuedAt)
 
 
-def read_email_token(secret_key: str, token: str, *, max_age: int) -> tuple[str, str]:
-    """Return (user id, email) from a token, or raise InvalidToken / ExpiredToken."""
+def email_digest(secret_key: str, email: str) -> str:
+    mac = hmac.new(secret_key.encode(), b"offload.email:" + email.encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
+def make_email_token(
+    secret_key: str, user_id: str, email: str, *, issued_at: int | None = None
+) -> str:
+    """A signed link token; `issued_at` (Unix seconds) backdates it, for tests of expiry."""
+    claim = {"u": user_id, "e": email_digest(secret_key, email)}
+    return _serializer(secret_key, issued_at).dumps(claim)
+
+
+def read_email_token(secret_key: str, token: str, *, max_age: int) -> EmailClaim:
+    """Return the claim in a genuine, unexpired token; raise InvalidToken or ExpiredToken."""
     try:
         data = _serializer(secret_key).loads(token, max_age=max_age)
     except SignatureExpired:
         raise ExpiredToken("this verification link has expired") from None
     except BadSignature:
         raise InvalidToken("this verification link is not valid") from None
-    if not isinstance(data, dict) or not {"user", "email"} <= data.keys():
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("u"), str)
+        or not isinstance(data.get("e"), str)
+    ):
         raise InvalidToken("this verification link is not valid")
-    return str(data["user"]), str(data["email"])
+    return EmailClaim(user_id=data["u"], email_digest=data["e"])
+
+
+def claim_matches(secret_key: str, claim: EmailClaim, email: str) -> bool:
+    """Whether the token was made for this address (constant time)."""
+    expected = email_digest(secret_key, email).encode()
+    return hmac.compare_digest(expected, claim.email_digest.encode(errors="replace"))
 
 
 def make_sms_code() -> str:
@@ -53,4 +96,6 @@ def hash_sms_code(secret_key: str, user_id: str, code: str) -> str:
 
 
 def sms_code_matches(secret_key: str, user_id: str, code: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_sms_code(secret_key, user_id, code), stored_hash)
+    """Whether `code` is the one whose hash was stored (constant time; `code` is ASCII digits)."""
+    expected = hash_sms_code(secret_key, user_id, code).encode()
+    return hmac.compare_digest(expected, stored_hash.encode())

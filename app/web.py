@@ -1,19 +1,49 @@
-"""Browser pages: the registration form and the status page (server-rendered, CSRF-protected)."""
+"""Browser pages: registration, the status page, and email and phone verification.
+
+Server-rendered and CSRF-protected; every form works without JavaScript. The status page loads
+`static/status.js`, which polls the JSON API and updates the page in place.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response
 
-from app.config import DISPATCH_MODES
+from app import accounts
+from app.api import VERIFICATION_STATUS
+from app.config import DISPATCH_MODES, Settings
 from app.db import get_session
 from app.metrics import REGISTRATIONS
 from app.models import User
+from app.ratelimit import REGISTRATIONS as REGISTRATION_LIMIT
+from app.ratelimit import VERIFICATIONS as VERIFICATION_LIMIT
+from app.ratelimit import RateLimited, limit
 from app.registration import AlreadyRegistered, InvalidRegistration, register_and_notify
 
 bp = Blueprint("web", __name__)
 
 FORM_FIELDS = ("name", "email", "phone")
+SETTLED = ("sent", "failed", "skipped")
+
+Page = str | tuple[str, int] | tuple[str, int, dict[str, str]]
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["offload.settings"]
+    return settings
 
 
 @bp.get("/")
@@ -22,31 +52,121 @@ def index() -> Response:
 
 
 @bp.route("/register", methods=["GET", "POST"])
-def register() -> Response | str | tuple[str, int]:
-    settings = current_app.extensions["offload.settings"]
+@limit(REGISTRATION_LIMIT)
+def register() -> Response | Page:
+    settings = _settings()
     values = {field: request.form.get(field, "") for field in FORM_FIELDS}
     mode = request.form.get("mode", settings.dispatch_mode)
     if request.method == "GET":
-        return render_template("register.html", values=values, errors={}, mode=mode,
-                               modes=DISPATCH_MODES)
+        return render_template(
+            "register.html", values=values, errors={}, mode=mode, modes=DISPATCH_MODES
+        )
     try:
         registered = register_and_notify(
             get_session(), settings, current_app.extensions["offload.dispatcher"], values, mode
         )
     except (InvalidRegistration, AlreadyRegistered) as exc:
         status = 409 if isinstance(exc, AlreadyRegistered) else 400
-        page = render_template("register.html", values=values, errors=exc.fields, mode=mode,
-                               modes=DISPATCH_MODES, message=exc.message)
+        page = render_template(
+            "register.html",
+            values=values,
+            errors=exc.fields,
+            mode=mode,
+            modes=DISPATCH_MODES,
+            message=exc.message,
+        )
         return page, status
     REGISTRATIONS.labels(mode=mode, outcome="created").inc()
     # Post/Redirect/Get: reloading the status page never registers twice.
     return redirect(url_for("web.status", user_id=registered.user.id), code=303)
 
 
+def _status_page(user: User, *, errors: dict[str, str] | None = None, code: str = "") -> str:
+    settled = all(n.status in SETTLED for n in user.notifications)
+    return render_template(
+        "status.html",
+        user=user,
+        settled=settled,
+        errors=errors or {},
+        code=code,
+        max_attempts=_settings().sms_code_max_attempts,
+    )
+
+
 @bp.get("/users/<user_id>")
-def status(user_id: str) -> str:
-    user = get_session().get(User, user_id)
+def status(user_id: str) -> tuple[str, int, dict[str, str]]:
+    user = accounts.find_user(get_session(), user_id)
     if user is None:
         abort(404)
-    settled = all(n.status in ("sent", "failed", "skipped") for n in user.notifications)
-    return render_template("status.html", user=user, settled=settled)
+    # The page shows the user's email address and phone number: no shared caches.
+    return _status_page(user), 200, {"Cache-Control": "no-store"}
+
+
+@bp.post("/users/<user_id>/verify-phone")
+@limit(VERIFICATION_LIMIT)
+def verify_phone(user_id: str) -> Response | Page:
+    code = request.form.get("code", "")
+    try:
+        accounts.verify_phone(get_session(), _settings(), user_id, code)
+    except accounts.UnknownUser:
+        abort(404)
+    except accounts.AlreadyVerified:
+        flash("Your phone number was already confirmed.")
+        return redirect(url_for("web.status", user_id=user_id), code=303)
+    except accounts.VerificationError as exc:
+        user = exc.user or accounts.find_user(get_session(), user_id)
+        if user is None:
+            abort(404)
+        fields = exc.fields or {"code": exc.message}
+        page = _status_page(user, errors=fields, code=code[: accounts.CODE_MAX_LENGTH])
+        return page, VERIFICATION_STATUS[type(exc)], {"Cache-Control": "no-store"}
+    flash("Your phone number is confirmed.")
+    return redirect(url_for("web.status", user_id=user_id), code=303)
+
+
+@bp.get("/verify-email/<token>")
+@limit(VERIFICATION_LIMIT, methods=("GET",))
+def verify_email(token: str) -> Page:
+    try:
+        user = accounts.verify_email(get_session(), _settings(), token)
+    except accounts.VerificationError as exc:
+        outcome = {
+            accounts.ExpiredLink: "expired",
+            accounts.AlreadyVerified: "used",
+        }.get(type(exc), "invalid")
+        page = render_template(
+            "verify_email.html", outcome=outcome, message=exc.message, user=exc.user
+        )
+        return page, VERIFICATION_STATUS[type(exc)]
+    return render_template("verify_email.html", outcome="confirmed", message="", user=user)
+
+
+@bp.errorhandler(RateLimited)
+def rate_limited(exc: RateLimited) -> tuple[str, int, dict[str, str]]:
+    page = render_template(
+        "error.html",
+        title="Too many attempts",
+        message=f"Too many attempts from your network. Wait {exc.seconds} seconds, then try again.",
+    )
+    return page, 429, {"Retry-After": str(exc.seconds)}
+
+
+@bp.errorhandler(NotFound)
+def not_found(_exc: Any) -> tuple[str, int]:
+    page = render_template(
+        "error.html",
+        title="Page not found",
+        message="There is no account here. Check the address, or register again.",
+    )
+    return page, 404
+
+
+@bp.errorhandler(CSRFError)
+def csrf_failed(_exc: Any) -> tuple[str, int]:
+    page = render_template(
+        "error.html",
+        title="Please try again",
+        message="This form has expired or did not come from this site. Go back, reload the "
+        "page, and send it again.",
+    )
+    return page, 400

@@ -70,6 +70,7 @@ class RabbitNode:
             RABBITMQ_CONFIG_FILE=str(self.base_dir / "rabbitmq"),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base_dir / "advanced.config"),
             HOME=str(self.base_dir),
+            ERL_CRASH_DUMP=str(self.log_dir / "erl_crash.dump"),
         )
         return env
 
@@ -108,6 +109,7 @@ class RabbitNode:
         with open(self.log_dir / "startup.log", "ab") as startup_log:
             self._process = subprocess.Popen(
                 [SERVER],
+                cwd=self.base_dir,
                 env=self.environment(),
                 stdout=startup_log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,173 @@
+"""The OpenAPI document is true: it names every API route and no other, it is a valid
+OpenAPI 3.1 document, and every status each operation really answers is documented with a
+body that validates against its schema (and every documented status is really produced)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import schemathesis
+import webtest
+
+from app import create_app
+from services.delivery import RecordingSender
+
+ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 7911 123456"}
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+# Documented so the document is honest, never produced on purpose.
+NEVER_EXPECTED = {"500"}
+
+
+@pytest.fixture
+def document(testapp) -> dict[str, Any]:
+    return testapp.get("/api/openapi.json").json
+
+
+def rule_to_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule)
+
+
+def test_it_is_served_and_valid_openapi_3_1(document):
+    assert document["openapi"].startswith("3.1")
+    schemathesis.openapi.from_dict(document).validate()
+
+
+def test_every_api_route_is_documented_and_nothing_else(app, document):
+    routes = {
+        (rule_to_path(rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/")
+        for method in (rule.methods or set()) - IGNORED_METHODS
+    }
+    documented = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert routes == documented
+
+
+def test_the_modes_follow_the_settings(settings, publisher):
+    def modes(**overrides):
+        application = create_app(settings.with_overrides(**overrides), publisher=publisher)
+        doc = webtest.TestApp(application).get("/api/openapi.json").json
+        (mode,) = doc["paths"]["/api/users"]["post"]["parameters"]
+        return mode["schema"]["enum"]
+
+    assert modes() == ["serial", "parallel", "queued"]
+    assert "insert-only" in modes(bench_modes=True)
+
+
+class Conformance:
+    """Checks each response against the document and remembers which statuses it saw."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def check(self, path: str, method: str, response: webtest.TestResponse) -> None:
+        operation = self.document["paths"][path][method]
+        status = str(response.status_int)
+        assert status in operation["responses"], f"{method} {path} answered undocumented {status}"
+        documented = operation["responses"][status]
+        self.seen[(path, method)].add(status)
+        for name, header in documented.get("headers", {}).items():
+            if header.get("required"):
+                assert name in response.headers, f"{method} {path} {status} lacks {name}"
+        (media_type,) = documented["content"]
+        assert response.content_type == media_type
+        schema = {
+            "components": self.document["components"],
+            **documented["content"][media_type]["schema"],
+        }
+        errors = [
+            error.message
+            for error in jsonschema_rs.Draft202012Validator(schema).iter_errors(response.json)
+        ]
+        assert errors == [], f"{method} {path} {status}: {errors}"
+
+    def unexercised(self) -> dict[str, set[str]]:
+        missing = {}
+        for path, item in self.document["paths"].items():
+            for method, operation in item.items():
+                left = set(operation["responses"]) - self.seen[(path, method)] - NEVER_EXPECTED
+                if left:
+                    missing[f"{method} {path}"] = left
+        return missing
+
+
+def test_every_response_matches_the_document_and_every_status_happens(
+    settings, publisher, sessions
+):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.models import User, utcnow
+
+    sms = RecordingSender()
+    application = create_app(
+        settings.with_overrides(
+            rate_limit_registrations="6/minute", rate_limit_verifications="12/minute"
+        ),
+        publisher=publisher,
+        email_sender=RecordingSender(),
+        sms_sender=sms,
+    )
+    api = webtest.TestApp(application, extra_environ={"REMOTE_ADDR": "203.0.113.7"})
+    doc = api.get("/api/openapi.json")
+    conform = Conformance(doc.json)
+    conform.check("/api/openapi.json", "get", doc)
+
+    create = "/api/users"
+
+    def post_user(payload, status, **kwargs):
+        response = api.post_json(create + "?mode=serial", payload, status=status, **kwargs)
+        conform.check(create, "post", response)
+        return response
+
+    ada = post_user(ADA, 201).json["user"]
+    code = re.search(r"code is (\d{6})", sms.sent[-1].body).group(1)
+    grace = post_user({**ADA, "email": "grace@example.com", "phone": "+16502530000"}, 201).json[
+        "user"
+    ]
+    post_user({"name": ""}, 400)
+    post_user(ADA, 409)
+    post_user({**ADA, "name": "x" * 20_000}, 413)
+    response = api.post(create, "name=Ada", status=415)
+    conform.check(create, "post", response)
+    post_user(ADA, 429)
+
+    one = "/api/users/{user_id}"
+    conform.check(one, "get", api.get(f"/api/users/{ada['id']}"))
+    conform.check(one, "get", api.get("/api/users/nobody", status=404))
+
+    verify = "/api/users/{user_id}/verify-phone"
+
+    def post_code(user_id, body, status):
+        response = api.post_json(f"/api/users/{user_id}/verify-phone", body, status=status)
+        conform.check(verify, "post", response)
+        return response
+
+    post_code(ada["id"], {"code": "12"}, 400)
+    post_code("nobody", {"code": "123456"}, 404)
+    post_code(ada["id"], {"code": "9" * 20_000}, 413)
+    conform.check(verify, "post", api.post(f"/api/users/{ada['id']}/verify-phone", "x", status=415))
+    post_code(ada["id"], {"code": code}, 200)
+    post_code(ada["id"], {"code": code}, 409)
+    with sessions() as session:
+        session.execute(
+            update(User)
+            .where(User.id == grace["id"])
+            .values(sms_code_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+    post_code(grace["id"], {"code": "123456"}, 410)
+    for _ in range(12):
+        last = api.post_json(
+            f"/api/users/{grace['id']}/verify-phone", {"code": "123456"}, expect_errors=True
+        )
+    conform.check(verify, "post", last)
+    assert last.status_int == 429
+
+    assert conform.unexercised() == {}

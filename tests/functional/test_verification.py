@@ -1,0 +1,267 @@
+"""Email-link and SMS-code verification, through the pages and the JSON API (WebTest)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from app.models import User, utcnow
+from app.verification import make_email_token
+
+ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 7911 123456"}
+CSRF_FREE_FORM = {"code": "123456"}
+
+
+def register(testapp, payload=None):
+    return testapp.post_json("/api/users?mode=serial", payload or ADA, status=201).json["user"]
+
+
+def link_from(email_sender):
+    return re.search(r"http://testserver(/verify-email/\S+)", email_sender.sent[-1].text).group(1)
+
+
+def code_from(sms_sender):
+    return re.search(r"code is (\d{6})", sms_sender.sent[-1].body).group(1)
+
+
+def wrong(code):
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def api_user(testapp, user_id):
+    return testapp.get(f"/api/users/{user_id}").json["user"]
+
+
+def verify_phone_api(testapp, user_id, code, status=200):
+    return testapp.post_json(f"/api/users/{user_id}/verify-phone", {"code": code}, status=status)
+
+
+# -- the email link ------------------------------------------------------------------------------
+
+
+def test_email_link_confirms_the_address_once(testapp, email_sender):
+    user = register(testapp)
+    page = testapp.get(link_from(email_sender))
+    assert page.html.select_one("#verify-email-outcome")["data-outcome"] == "confirmed"
+    assert "confirmed" in page.html.h1.text
+    assert api_user(testapp, user["id"])["email_verified"] is True
+    status_link = page.html.select_one(f'a[href="/users/{user["id"]}"]')
+    assert status_link is not None
+
+    again = testapp.get(link_from(email_sender), status=409)
+    assert again.html.select_one("#verify-email-outcome")["data-outcome"] == "used"
+    assert "already used" in again.text
+
+
+def test_expired_link_is_410_with_a_clear_page(app, testapp, email_sender):
+    user = register(testapp)
+    settings = app.extensions["offload.settings"]
+    old = int(time.time()) - settings.verification_max_age - 60
+    token = make_email_token(settings.secret_key, user["id"], user["email"], issued_at=old)
+    page = testapp.get(f"/verify-email/{token}", status=410)
+    assert page.html.select_one("#verify-email-outcome")["data-outcome"] == "expired"
+    assert "expired" in page.html.h1.text
+    assert api_user(testapp, user["id"])["email_verified"] is False
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "nonsense",
+        "a.b.c",
+        "%00%ff",
+        "x" * 3000,
+        # Genuine shape, signed with another key: forged.
+        make_email_token("another-secret", "0" * 32, "ada@example.com"),
+    ],
+)
+def test_forged_or_malformed_link_is_400_never_500(testapp, token):
+    register(testapp)
+    page = testapp.get(f"/verify-email/{token}", status=400)
+    assert page.html.select_one("#verify-email-outcome")["data-outcome"] == "invalid"
+
+
+def test_link_for_another_address_is_refused(app, testapp):
+    user = register(testapp)
+    secret = app.extensions["offload.settings"].secret_key
+    token = make_email_token(secret, user["id"], "someone.else@example.com")
+    testapp.get(f"/verify-email/{token}", status=400)
+    assert api_user(testapp, user["id"])["email_verified"] is False
+
+
+def test_link_for_an_unknown_user_is_refused(app, testapp):
+    secret = app.extensions["offload.settings"].secret_key
+    token = make_email_token(secret, "f" * 32, "ada@example.com")
+    testapp.get(f"/verify-email/{token}", status=400)
+
+
+def test_the_link_carries_no_email_address(testapp, email_sender):
+    register(testapp)
+    assert "ada" not in link_from(email_sender).lower()
+
+
+# -- the SMS code on the status page ----------------------------------------------------------
+
+
+def status_page(testapp, user_id):
+    return testapp.get(f"/users/{user_id}")
+
+
+def test_status_page_form_confirms_the_phone(testapp, sms_sender):
+    user = register(testapp)
+    page = status_page(testapp, user["id"])
+    assert page.html.select_one("#phone-verification").text.strip() == "not confirmed yet"
+    form = page.forms["verify-phone-form"]
+    form["code"] = code_from(sms_sender)
+    response = form.submit()
+    assert response.status_int == 303
+    confirmed = response.follow()
+    assert confirmed.html.select_one("#phone-verification").text.strip() == "confirmed"
+    assert confirmed.html.select_one("#phone-verification")["data-verified"] == "true"
+    assert "Your phone number is confirmed." in confirmed.html.select_one(".notice").text
+    assert "verify-phone-form" not in confirmed.forms
+    assert api_user(testapp, user["id"])["phone_verified"] is True
+
+
+def test_code_typed_with_spaces_is_accepted(testapp, sms_sender):
+    user = register(testapp)
+    code = code_from(sms_sender)
+    form = status_page(testapp, user["id"]).forms["verify-phone-form"]
+    form["code"] = f" {code[:3]} {code[3:]} "
+    assert form.submit().status_int == 303
+
+
+def test_wrong_code_shows_the_error_on_the_field(testapp, sms_sender):
+    user = register(testapp)
+    form = status_page(testapp, user["id"]).forms["verify-phone-form"]
+    form["code"] = wrong(code_from(sms_sender))
+    page = form.submit(status=400)
+    error = page.html.select_one("#code-error")
+    assert "4 attempts left" in error.text
+    code_input = page.html.select_one("#code")
+    assert code_input["aria-invalid"] == "true"
+    assert "code-error" in code_input["aria-describedby"].split()
+    assert page.html.select_one("#form-error")["role"] == "alert"
+    assert page.headers["Cache-Control"] == "no-store"
+
+
+def test_malformed_code_does_not_spend_an_attempt(testapp, sms_sender):
+    user = register(testapp)
+    for code in ("12345", "abcdef", "\uff11\uff12\uff13\uff14\uff15\uff16", "1" * 30, ""):
+        form = status_page(testapp, user["id"]).forms["verify-phone-form"]
+        form["code"] = code
+        page = form.submit(status=400)
+        assert "6-digit code" in page.html.select_one("#code-error").text
+    verify_phone_api(testapp, user["id"], code_from(sms_sender))
+
+
+def test_attempts_are_limited_then_even_the_right_code_fails(testapp, sms_sender):
+    user = register(testapp)
+    code = code_from(sms_sender)
+    for left in (4, 3, 2, 1):
+        body = verify_phone_api(testapp, user["id"], wrong(code), status=400).json
+        assert body["error"] == "wrong_code"
+        assert f"{left} attempt" in body["fields"]["code"]
+    last = verify_phone_api(testapp, user["id"], wrong(code), status=400).json
+    assert "last attempt" in last["message"]
+    refused = verify_phone_api(testapp, user["id"], code, status=410).json
+    assert refused["error"] == "too_many_attempts"
+    assert api_user(testapp, user["id"])["phone_verified"] is False
+
+    form = status_page(testapp, user["id"]).forms["verify-phone-form"]
+    form["code"] = code
+    assert "no longer works" in form.submit(status=410).html.select_one("#code-error").text
+
+
+def test_expired_code_is_410(testapp, sms_sender, sessions):
+    user = register(testapp)
+    with sessions() as session:
+        session.execute(
+            update(User)
+            .where(User.id == user["id"])
+            .values(sms_code_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+    body = verify_phone_api(testapp, user["id"], code_from(sms_sender), status=410).json
+    assert body["error"] == "code_expired"
+    assert body["fields"] == {"code": "This code has expired."}
+
+
+def test_the_code_is_stored_hashed_and_cleared_once_used(testapp, sms_sender, sessions):
+    user = register(testapp)
+    code = code_from(sms_sender)
+    with sessions() as session:
+        stored = session.get(User, user["id"])
+        assert stored.sms_code_hash and code not in stored.sms_code_hash
+    verify_phone_api(testapp, user["id"], code)
+    with sessions() as session:
+        stored = session.get(User, user["id"])
+        assert stored.sms_code_hash is None and stored.phone_verified_at is not None
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+
+def test_api_confirms_the_phone_and_describes_the_user(testapp, sms_sender, email_sender):
+    user = register(testapp)
+    body = verify_phone_api(testapp, user["id"], code_from(sms_sender)).json
+    assert body["user"]["phone_verified"] is True
+    assert body["user"]["verified"] is False
+    testapp.get(link_from(email_sender))
+    assert api_user(testapp, user["id"])["verified"] is True
+
+
+def test_api_second_confirmation_is_409(testapp, sms_sender):
+    user = register(testapp)
+    verify_phone_api(testapp, user["id"], code_from(sms_sender))
+    body = verify_phone_api(testapp, user["id"], code_from(sms_sender), status=409).json
+    assert body["error"] == "already_verified"
+
+
+@pytest.mark.parametrize("user_id", ["nobody", "0" * 32, "../../etc/passwd", "%00"])
+def test_api_unknown_user_is_404(testapp, user_id):
+    body = verify_phone_api(testapp, user_id, "123456", status=404).json
+    assert body["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({}, "invalid_code"),
+        ({"code": 123456}, "invalid_code"),
+        ({"code": None}, "invalid_code"),
+        ({"code": "12"}, "invalid_code"),
+    ],
+)
+def test_api_bad_codes_are_400_with_the_field_named(testapp, payload, error):
+    user = register(testapp)
+    body = testapp.post_json(f"/api/users/{user['id']}/verify-phone", payload, status=400).json
+    assert body["error"] == error
+    assert "code" in body["fields"]
+
+
+def test_api_verify_phone_needs_json(testapp):
+    user = register(testapp)
+    url = f"/api/users/{user['id']}/verify-phone"
+    assert testapp.post(url, "code=123456", status=415).json["error"] == "unsupported_media_type"
+    for body in ("{broken", "[1]", "null"):
+        response = testapp.post(url, body, content_type="application/json", status=400)
+        assert response.json["error"] == "invalid_json"
+
+
+def test_api_verify_phone_body_limit_is_413(testapp):
+    user = register(testapp)
+    response = testapp.post_json(
+        f"/api/users/{user['id']}/verify-phone", {"code": "1" * 20_000}, status=413
+    )
+    assert response.json["error"] == "request_entity_too_large"
+
+
+def test_web_verify_phone_for_an_unknown_user_is_404(testapp):
+    page = testapp.get("/register")
+    token = page.forms["register-form"]["csrf_token"].value
+    testapp.post("/users/nobody/verify-phone", {"csrf_token": token, **CSRF_FREE_FORM}, status=404)
