@@ -16,10 +16,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base
+from app.db import Base, UTCDateTime
 
 NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed", "skipped")
 CHANNELS = ("email", "sms")
@@ -40,12 +40,12 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320), unique=True)
     phone: Mapped[str] = mapped_column(String(20), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    email_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    phone_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    phone_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The SMS code is stored as a keyed hash, never in clear.
     sms_code_hash: Mapped[str | None] = mapped_column(String(128))
-    sms_code_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sms_code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sms_code_attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     notifications: Mapped[list[Notification]] = relationship(
@@ -69,15 +69,15 @@ class Notification(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Relay lease: the relay that claimed a row owns it until `claimed_until`.
     claimed_by: Mapped[str | None] = mapped_column(String(32))
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Send lease: a consumer about to send owns the row until this time, so two copies of one
     # job (a relay republish racing a late confirm) never go out at once.
-    send_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    send_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship(back_populates="notifications")
 
@@ -93,7 +93,7 @@ class RateLimitCounter(Base):
 
     # "<limit name>:<client address>", e.g. "registrations:203.0.113.7"
     bucket: Mapped[str] = mapped_column(String(200), primary_key=True)
-    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     # When the window closes; the clean-up deletes rows whose window has closed.
-    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     hits: Mapped[int] = mapped_column(Integer)

@@ -214,7 +214,11 @@ def _schemas() -> dict[str, Any]:
                 "status": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
                 "attempts": {"type": "integer", "minimum": 0},
                 "last_error": nullable_string,
-                "sent_at": {**nullable_string, "description": "ISO 8601, UTC."},
+                "sent_at": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "ISO 8601, UTC.",
+                },
             },
         },
         "User": {
@@ -239,7 +243,11 @@ def _schemas() -> dict[str, Any]:
                 "verified": {"type": "boolean", "description": "Both email and phone."},
                 "email_verified": {"type": "boolean"},
                 "phone_verified": {"type": "boolean"},
-                "created_at": {"type": "string", "description": "ISO 8601, UTC."},
+                "created_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "ISO 8601, UTC.",
+                },
                 "notifications": {"type": "array", "items": _ref("Notification")},
             },
         },

@@ -13,6 +13,7 @@ from email.message import EmailMessage
 
 from app.config import Settings
 from app.jobs import EmailJob
+from app.logs import mask_email
 from services.delivery import PermanentSendError, TransientSendError
 
 
@@ -71,12 +72,19 @@ class SmtpEmailSender:
                     smtp.login(self.username, self.password)
                 smtp.send_message(message)
         except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            raise _classify(min(codes), f"recipient refused: {exc.recipients}") from exc
+            code, reply = min(exc.recipients.values())
+            raise _classify(code, _masked(job, f"recipient refused: {code} {reply!r}")) from exc
         except smtplib.SMTPResponseException as exc:
-            raise _classify(exc.smtp_code, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
+            detail = f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"
+            raise _classify(exc.smtp_code, _masked(job, detail)) from exc
         except (smtplib.SMTPException, OSError) as exc:
-            raise TransientSendError(f"SMTP connection failed: {exc!r}") from exc
+            raise TransientSendError(_masked(job, f"SMTP connection failed: {exc!r}")) from exc
+
+
+def _masked(job: EmailJob, detail: str) -> str:
+    # Errors are stored on the notification and shown on status pages: servers often quote the
+    # recipient in their replies, so the address is masked there.
+    return detail.replace(job.to, mask_email(job.to))
 
 
 def _classify(code: int, detail: str) -> TransientSendError | PermanentSendError:

@@ -147,3 +147,13 @@ def test_insert_only_baseline_writes_and_sends_nothing(settings, publisher, emai
     assert [n["status"] for n in response.json["user"]["notifications"]] == ["skipped", "skipped"]
     assert server_timing_steps(response) == ["db"]
     assert publisher.published == [] and email_sender.sent == []
+
+
+def test_timestamps_read_back_from_the_database_keep_their_time_zone(testapp):
+    from datetime import datetime
+
+    location = register(testapp, mode="serial").headers["Location"]
+    user = testapp.get(location).json["user"]  # a fresh read, not the objects just written
+    assert datetime.fromisoformat(user["created_at"]).utcoffset().total_seconds() == 0
+    sent_at = user["notifications"][0]["sent_at"]
+    assert datetime.fromisoformat(sent_at).utcoffset().total_seconds() == 0

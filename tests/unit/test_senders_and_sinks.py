@@ -197,3 +197,12 @@ def test_read_records_leaves_out_a_half_written_last_line(tmp_path: Path) -> Non
 
     assert read_records(path) == [{"kind": "sms", "to": "+14155550123"}]
     assert read_records(tmp_path / "missing.jsonl") == []
+
+
+def test_smtp_errors_never_carry_the_recipient_address():
+    from app.jobs import EmailJob
+    from services.email import _masked
+
+    job = EmailJob(notification_id="n", to="ann.lee@example.com", subject="s", text="t")
+    masked = _masked(job, "SMTP 550: b'<ann.lee@example.com>: Recipient address rejected'")
+    assert "ann.lee@example.com" not in masked and "a***@example.com" in masked
