@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: run test check bench soak lock clean rabbitmq chromium deps
+.PHONY: run test check bench soak lock clean rabbitmq chromium postgresql deps
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,12 +35,20 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# Debian's PostgreSQL server binaries, for the PostgreSQL tests (a private cluster per run).
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing postgresql (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
 run: deps rabbitmq
 	$(BIN)/python -m services.stack
 
 test: deps
 	@[ -x $(RABBITMQ_SERVER) ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory rabbitmq
 	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory postgresql
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: deps

@@ -1,0 +1,120 @@
+"""What differs on PostgreSQL, the production database: migrations, the unique-index referee
+under a real race, the relay's `SKIP LOCKED` claims, and the shared rate-limit counter."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import webtest
+from alembic import command
+from sqlalchemy import text, update
+
+from app import create_app
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.messaging import InMemoryPublisher
+from app.migrate import alembic_config
+from app.models import Notification, utcnow
+from services.delivery import RecordingSender
+from services.relay import claim_pending
+from tests.conftest import require
+from tests.integration.helpers import unique_user
+from tests.integration.postgres import postgres_bin, private_cluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    require(postgres_bin() is not None, "PostgreSQL (apt-get install postgresql)")
+    with private_cluster() as url:
+        command.upgrade(alembic_config(url), "head")
+        yield url
+
+
+def make_testapp(url: str, **overrides: object) -> webtest.TestApp:
+    settings = Settings(database_url=url, secret_key="pg-test", rate_limit_enabled=False)
+    app = create_app(
+        settings.with_overrides(**overrides) if overrides else settings,
+        publisher=InMemoryPublisher(),
+        email_sender=RecordingSender(),
+        sms_sender=RecordingSender(),
+    )
+    return webtest.TestApp(app)
+
+
+def test_migrations_match_the_models_on_postgres(postgres_url):
+    engine = make_engine(postgres_url)
+    assert engine.dialect.driver == "pg8000"  # pure Python: yields to the gevent hub
+    engine.dispose()
+    command.check(alembic_config(postgres_url))
+
+
+def test_registration_and_duplicates_on_postgres(postgres_url):
+    testapp = make_testapp(postgres_url)
+    user = unique_user("pg")
+    created = testapp.post_json("/api/users?mode=serial", user, status=201).json["user"]
+    assert [n["status"] for n in created["notifications"]] == ["sent", "sent"]
+    fetched = testapp.get(f"/api/users/{created['id']}").json["user"]
+    assert fetched["created_at"].endswith("+00:00")
+    clash = testapp.post_json("/api/users", {**user, "email": "other@example.com"}, status=409)
+    assert list(clash.json["fields"]) == ["phone"]
+
+
+def test_racing_registrations_of_one_address_let_exactly_one_win(postgres_url):
+    user = unique_user("race")
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def attempt(n: int) -> None:
+        testapp = make_testapp(postgres_url)
+        barrier.wait()
+        payload = {**user, "phone": f"+1650555{1000 + n}"}
+        statuses.append(testapp.post_json("/api/users", payload, expect_errors=True).status_int)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [201] + [409] * 7
+
+
+def test_two_relays_claim_disjoint_rows_with_skip_locked(postgres_url):
+    testapp = make_testapp(postgres_url)
+    for _ in range(5):
+        testapp.post_json("/api/users?mode=queued", unique_user("relay"), status=201)
+    engine = make_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        session.execute(
+            update(Notification).values(
+                status="pending", claimed_until=None, created_at=utcnow() - timedelta(minutes=1)
+            )
+        )
+        session.commit()
+        pending = session.execute(
+            text("SELECT count(*) FROM notifications WHERE status = 'pending'")
+        ).scalar_one()
+    with sessions() as first, sessions() as second:
+        a = {
+            n.id
+            for n in claim_pending(first, relay_id="a", batch_size=pending // 2, grace_seconds=0)
+        }
+        b = {n.id for n in claim_pending(second, relay_id="b", batch_size=pending, grace_seconds=0)}
+    engine.dispose()
+    assert len(a) == pending // 2 and a.isdisjoint(b) and len(a | b) == pending
+
+
+def test_rate_limit_counter_is_shared_through_postgres(postgres_url):
+    first = make_testapp(postgres_url, rate_limit_enabled=True, rate_limit_registrations="2/minute")
+    second = make_testapp(
+        postgres_url, rate_limit_enabled=True, rate_limit_registrations="2/minute"
+    )
+    first.post_json("/api/users", unique_user("rl"), status=201)
+    second.post_json("/api/users", unique_user("rl"), status=201)
+    limited = first.post_json("/api/users", unique_user("rl"), status=429)
+    assert int(limited.headers["Retry-After"]) > 0
