@@ -1,0 +1,99 @@
+"""Where the CPU goes: user + system time per part of the stack, read from /proc (Linux).
+
+On a small machine every part shares the same cores: the consumers sending queued jobs take CPU
+from the web server, and so does anything else running at the time. Sampling each part's CPU
+time around a slice turns that into figures (ms of CPU per request per part) and shows how busy
+the machine was, ours or not. Where /proc is missing (macOS) the figures are simply absent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def available() -> bool:
+    return (PROC / "stat").is_file()
+
+
+def _ticks_per_second() -> int:
+    return int(os.sysconf("SC_CLK_TCK"))
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system ticks) for every process we can read."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # it exited while we looked
+        # The command name is in parentheses and may itself hold spaces or parentheses.
+        fields = raw[raw.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table
+
+
+def _machine_ticks() -> tuple[int, int, int]:
+    """(process time, interrupts + steal, total) ticks of all CPUs since boot.
+
+    /proc/stat's first line: user nice system idle iowait irq softirq steal (guest time is
+    already inside user). Interrupt handling (much of it loopback networking) and time the
+    hypervisor gave to other machines (steal) belong to no process.
+    """
+    values = [int(v) for v in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:9]]
+    values += [0] * (8 - len(values))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return user + nice + system, irq + softirq + steal, sum(values)
+
+
+@dataclass
+class CpuSample:
+    seconds: dict[str, float] = field(default_factory=dict)  # part -> CPU seconds so far
+    machine_processes: float = 0.0  # CPU seconds of all processes, ours or not
+    machine_kernel: float = 0.0  # interrupts and steal: CPU seconds that belong to no process
+    machine_total: float = 0.0  # all CPU seconds, idle included
+
+
+def sample(parts: Mapping[str, list[int]]) -> CpuSample | None:
+    """CPU seconds used so far by each part (its processes and all their descendants)."""
+    if not available():
+        return None
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _ticks) in table.items():
+        children.setdefault(parent, []).append(pid)
+    ticks = _ticks_per_second()
+    result = CpuSample()
+    for part, roots in parts.items():
+        total, stack, seen = 0, list(roots), set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen or pid not in table:
+                continue
+            seen.add(pid)
+            total += table[pid][1]
+            stack.extend(children.get(pid, []))
+        result.seconds[part] = total / ticks
+    processes, kernel, total = _machine_ticks()
+    result.machine_processes = processes / ticks
+    result.machine_kernel = kernel / ticks
+    result.machine_total = total / ticks
+    return result
+
+
+def difference(before: CpuSample | None, after: CpuSample | None) -> CpuSample | None:
+    if before is None or after is None:
+        return None
+    return CpuSample(
+        {part: after.seconds[part] - before.seconds.get(part, 0.0) for part in after.seconds},
+        after.machine_processes - before.machine_processes,
+        after.machine_kernel - before.machine_kernel,
+        after.machine_total - before.machine_total,
+    )

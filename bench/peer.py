@@ -1,0 +1,245 @@
+"""Offload's email consumer against a Celery worker on the same sends, in one run.
+
+Each side gets the same number of welcome emails, in rounds ordered A B B A so drift hits both
+alike. Each round publishes its jobs one at a time from this process, timing every publish
+(Offload: `PikaPublisher.publish` with publisher confirms; Celery: `delay()` with
+`confirm_publish`), while that side's consumer is running, and ends when the SMTP sink has all
+of them. Drain rate = jobs / (first publish until the last message was accepted by the sink).
+
+For Offload the jobs belong to real notification rows (written with `register_user`, the SMS
+row closed as skipped), so the consumer's ledger check and update run as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.config import Settings, load_settings
+from app.db import make_engine, make_session_factory, session_scope
+from app.jobs import EmailJob, job_from_dict
+from app.ledger import mark_queued, mark_skipped
+from app.messaging import PikaPublisher
+from app.models import Notification, User, new_id
+from app.registration import Registration, build_notifications, register_user
+from bench.celery_peer import QUEUE, TASK_NAME, make_celery
+from bench.sinkwatch import wait_for_all
+from bench.stats import finite_or_none, summarize
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from bench.runner import BenchSession
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WARMUP_JOBS = 10
+WORKER_START_TIMEOUT = 60.0
+PUBLISH_TIMEOUT = 5.0
+
+
+class PeerError(RuntimeError):
+    """The Celery worker did not start, or jobs did not arrive; the message says which."""
+
+
+def start_celery_worker(session: BenchSession, concurrency: int) -> subprocess.Popen[bytes]:
+    log_path = session.stack.log_dir / "celery.log"
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.celery_peer:app",
+                "worker",
+                "-P",
+                "gevent",
+                "-c",
+                str(concurrency),
+                "-Q",
+                QUEUE,
+                "-n",
+                f"offload-bench-{os.getpid()}@localhost",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-l",
+                "WARNING",
+            ],
+            cwd=PROJECT_ROOT,
+            env=session.stack.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+class Sides:
+    """What each side needs to publish one round of email jobs and time it."""
+
+    def __init__(self, session: BenchSession, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+        self.engine = make_engine(session.stack.database_url)
+        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self.publisher = PikaPublisher(
+            session.stack.amqp_url, retry_delays_ms=settings.retry_delays_ms, name="offload-bench"
+        )
+        self.celery = make_celery(settings)
+        self.task = self.celery.tasks[TASK_NAME]
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.celery.close()
+        self.engine.dispose()
+
+    def next_registrations(self, count: int) -> list[Registration]:
+        users = self.session.users
+        first = self.session.next_index
+        self.session.next_index += count
+        return [
+            Registration(name=f"Peer User {i}", email=users.email(i), phone=users.phone(i))
+            for i in range(first, first + count)
+        ]
+
+    def offload_jobs(self, db: Session, count: int) -> tuple[list[EmailJob], list[Notification]]:
+        """Real users and notification rows; only the email goes out (the SMS row is skipped)."""
+        jobs: list[EmailJob] = []
+        emails: list[Notification] = []
+        sms: list[Notification] = []
+        for registration in self.next_registrations(count):
+            registered = register_user(db, self.settings, registration)
+            for notification in registered.notifications:
+                if notification.channel == "email":
+                    job = job_from_dict(notification.payload)
+                    assert isinstance(job, EmailJob)
+                    jobs.append(job)
+                    emails.append(notification)
+                else:
+                    sms.append(notification)
+        mark_skipped(db, sms)
+        return jobs, emails
+
+    def celery_jobs(self, count: int) -> list[EmailJob]:
+        """The same welcome emails, for users that exist only in the message."""
+        jobs: list[EmailJob] = []
+        for registration in self.next_registrations(count):
+            user = User(
+                id=new_id(),
+                name=registration.name,
+                email=registration.email,
+                phone=registration.phone,
+            )
+            job = job_from_dict(build_notifications(self.settings, user, "000000")[0].payload)
+            assert isinstance(job, EmailJob)
+            jobs.append(job)
+        return jobs
+
+    def publish_offload(self, job: EmailJob) -> None:
+        self.publisher.publish([job], timeout=PUBLISH_TIMEOUT)
+
+    def publish_celery(self, job: EmailJob) -> None:
+        self.task.delay(job.notification_id, job.to, job.subject, job.text)
+
+    def run_round(self, side: str, count: int, timeout: float) -> dict[str, Any]:
+        with session_scope(self.sessions) as db:
+            if side == "offload":
+                jobs, notifications = self.offload_jobs(db, count)
+                publish = self.publish_offload
+            else:
+                jobs, notifications = self.celery_jobs(count), []
+                publish = self.publish_celery
+            latencies: list[float] = []
+            first = time.time()
+            for job in jobs:
+                begun = time.perf_counter()
+                publish(job)
+                latencies.append((time.perf_counter() - begun) * 1000)
+            if notifications:
+                # As the request path does after its publish: the relay leaves queued rows alone.
+                mark_queued(db, notifications)
+        tail = self.session.tails["email"]
+        recipients = [job.to for job in jobs]
+        missing = wait_for_all({"email": tail}, {"email": recipients}, timeout=timeout)["email"]
+        received = [tail.received_at[to] for to in recipients if to in tail.received_at]
+        if missing:
+            raise PeerError(f"{side}: {missing} of {count} emails never reached the sink")
+        # The sink records arrival; it accepts the message `delay` later.
+        done = max(received) + self.session.delay_ms / 1000
+        return {
+            "side": side,
+            "jobs": count,
+            "publish_ms": latencies,
+            "seconds": done - first,
+            "steady": (len(received) - 1) / (max(received) - min(received))
+            if len(received) > 1 and max(received) > min(received)
+            else None,
+        }
+
+
+def run_peer(session: BenchSession, jobs: int) -> dict[str, Any]:
+    settings = load_settings(session.stack.environment())
+    concurrency = session.consumer_concurrency
+    session.wait_idle()
+    session.progress(
+        f"peer: {jobs} email jobs each for Offload's consumer and a Celery gevent worker "
+        f"(concurrency {concurrency})"
+    )
+    sides = Sides(session, settings)
+    worker = start_celery_worker(session, concurrency)
+    try:
+        # Warm both: connections open, the Celery worker up (its start is not timed).
+        for side in ("offload", "celery"):
+            sides.run_round(side, WARMUP_JOBS, timeout=WORKER_START_TIMEOUT)
+        half = max(jobs // 2, 1)
+        rounds = [
+            sides.run_round(side, half, timeout=session.delivery_timeout(half))
+            for side in ("offload", "celery", "celery", "offload")
+        ]
+    finally:
+        stop_worker(worker)
+        sides.close()
+    summary: dict[str, Any] = {
+        "jobs_per_side": 2 * half,
+        "concurrency": concurrency,
+        "prefetch": int(session.stack.config.consumer_prefetch),
+        "sink_delay_ms": session.delay_ms,
+        "order": [r["side"] for r in rounds],
+    }
+    for side in ("offload", "celery"):
+        mine = [r for r in rounds if r["side"] == side]
+        publish = summarize([ms for r in mine for ms in r["publish_ms"]])
+        seconds = sum(r["seconds"] for r in mine)
+        summary[side] = {
+            "publish_ms": {k: finite_or_none(publish[k]) for k in ("p50", "p95", "p99", "max")},
+            "drain_jobs_per_s": finite_or_none(sum(r["jobs"] for r in mine) / seconds),
+            "steady_jobs_per_s": [
+                finite_or_none(r["steady"]) if r["steady"] else None for r in mine
+            ],
+        }
+    session.progress(
+        "peer: publish p50 Offload {o:.2f} ms vs Celery {c:.2f} ms; drain {od:.0f} vs {cd:.0f} "
+        "jobs/s".format(
+            o=summary["offload"]["publish_ms"]["p50"] or 0,
+            c=summary["celery"]["publish_ms"]["p50"] or 0,
+            od=summary["offload"]["drain_jobs_per_s"] or 0,
+            cd=summary["celery"]["drain_jobs_per_s"] or 0,
+        )
+    )
+    return summary
