@@ -281,7 +281,12 @@ class PikaPublisher:
             self._connection.close()
 
     def _on_connection_closed(self, _connection: GeventConnection, reason: Exception) -> None:
-        log.warning("broker connection closed: %r", reason)
+        closed_by_us = isinstance(reason, pika.exceptions.ConnectionClosedByClient)
+        log.log(
+            logging.INFO if closed_by_us else logging.WARNING,
+            "broker connection closed: %r",
+            reason,
+        )
         self._fail_pending(f"connection closed: {reason!r}")
         self._channel = None
         self._connection = None

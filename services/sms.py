@@ -9,6 +9,7 @@ permanent failure (but 408, 425 and 429), 5xx or a timeout transient.
 from __future__ import annotations
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from app.config import Settings
 from app.jobs import SmsJob
@@ -19,11 +20,17 @@ _RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 class HttpSmsSender:
-    def __init__(self, gateway_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, gateway_url: str, *, timeout: float = 10.0, max_connections: int = 100
+    ) -> None:
         self.gateway_url = gateway_url
         self.timeout = timeout
-        # Keep-alive to the gateway: one pooled HTTP session per sender.
+        # Keep-alive to the gateway, one connection per concurrent send (requests keeps only 10
+        # by default, and opens a fresh connection for every send past that).
         self._http = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_connections)
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpSmsSender:

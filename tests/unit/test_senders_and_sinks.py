@@ -206,3 +206,36 @@ def test_smtp_errors_never_carry_the_recipient_address():
     job = EmailJob(notification_id="n", to="ann.lee@example.com", subject="s", text="t")
     masked = _masked(job, "SMTP 550: b'<ann.lee@example.com>: Recipient address rejected'")
     assert "ann.lee@example.com" not in masked and "a***@example.com" in masked
+
+
+def test_smtp_sessions_are_reused_and_a_dead_one_is_a_transient_failure(tmp_path):
+    from app.jobs import EmailJob
+    from services.delivery import TransientSendError
+    from services.email import SmtpEmailSender
+    from services.sinks.smtp import SmtpSink
+
+    sink = SmtpSink(port=0, record_path=tmp_path / "mail.jsonl", delay=0)
+    sink.start()
+    sender = SmtpEmailSender("127.0.0.1", sink.port, mail_from="a@example.com", timeout=2)
+    jobs = [
+        EmailJob(notification_id=f"n{i}", to=f"u{i}@example.com", subject="s", text="t")
+        for i in range(3)
+    ]
+    sender.send(jobs[0])
+    first_session = sender._idle[-1][0]
+    sender.send(jobs[1])
+    assert sender._idle[-1][0] is first_session  # one session carried both messages
+    sink.stop()
+    sink = SmtpSink(port=sink.port, record_path=tmp_path / "mail.jsonl", delay=0)
+    sink.start()
+    try:
+        # The pooled session died with the old server: that send fails, transiently (it was not
+        # accepted), and the next one opens a fresh session.
+        try:
+            sender.send(jobs[2])
+        except TransientSendError:
+            sender.send(jobs[2])
+        assert [r["notification_id"] for r in sink.records()] == ["n0", "n1", "n2"]
+    finally:
+        sender.close()
+        sink.stop()
