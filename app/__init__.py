@@ -61,7 +61,11 @@ def register_logging(settings: Settings) -> None:
 def register_database(app: Flask, settings: Settings, engine: Engine | None) -> None:
     from app import db
 
-    db.init_app(app, engine or db.make_engine(settings.database_url))
+    db.init_app(
+        app,
+        engine
+        or db.make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout),
+    )
 
 
 def register_rate_limits(app: Flask, settings: Settings) -> None:

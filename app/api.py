@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from app import accounts
 from app.db import get_session
@@ -26,6 +27,8 @@ from app.registration import (
 )
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+DATABASE_RETRY_AFTER_SECONDS = 1
 
 
 def error(status: int, code: str, message: str, fields: dict[str, str] | None = None) -> Response:
@@ -145,3 +148,14 @@ def register_error_handlers(app: Flask) -> None:
             if name.lower() != "content-type":
                 response.headers[name] = value
         return response
+
+    @app.errorhandler(OperationalError)
+    def database_unavailable(exc: OperationalError) -> Any:
+        # SQLite's write lock held past the busy timeout, or the database server unreachable:
+        # the transaction was rolled back, so the client may simply try again.
+        current_app.logger.warning("database unavailable: %s", exc.orig)
+        unavailable = ServiceUnavailable(
+            "The database is busy or unreachable; nothing was changed. Try again in a moment.",
+            retry_after=DATABASE_RETRY_AFTER_SECONDS,
+        )
+        return http_error(unavailable) if request.path.startswith("/api/") else unavailable

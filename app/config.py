@@ -27,6 +27,8 @@ class Settings:
     environment: str = "development"
     secret_key: str = DEFAULT_SECRET_KEY
     database_url: str = "sqlite:///instance/offload.db"
+    # SQLite: how long a writer waits for another's lock before the request answers 503.
+    database_busy_timeout: float = 5.0
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     dispatch_mode: str = "queued"
     host: str = "127.0.0.1"
@@ -129,6 +131,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "OFFLOAD_ENV": ("environment", str),
     "SECRET_KEY": ("secret_key", str),
     "DATABASE_URL": ("database_url", str),
+    "DATABASE_BUSY_TIMEOUT": ("database_busy_timeout", _float),
     "AMQP_URL": ("amqp_url", str),
     "DISPATCH_MODE": ("dispatch_mode", str),
     "HOST": ("host", str),

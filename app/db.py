@@ -52,20 +52,24 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers run beside the single writer, and synchronous=NORMAL skips the fsync on
-    # every commit (about 1.9 ms -> 0.01 ms here): a commit survives a process crash but the last
-    # transactions may be lost on power failure. busy_timeout makes a second writer wait rather
-    # than fail with "database is locked".
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_configurer(busy_timeout: float) -> Any:
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers run beside the single writer, and synchronous=NORMAL skips the fsync
+        # on every commit (about 1.9 ms -> 0.01 ms here): a commit survives a process crash but
+        # the last transactions may be lost on power failure. busy_timeout makes a second writer
+        # wait for the lock rather than fail at once with "database is locked"; past it the
+        # request answers 503 (see app/api.py).
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return configure
 
 
-def make_engine(database_url: str, **kwargs: Any) -> Engine:
+def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -73,7 +77,7 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
             if directory:
                 os.makedirs(directory, exist_ok=True)
         engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "connect", _sqlite_configurer(busy_timeout))
         return engine
     if url.drivername == "postgresql":
         # A bare postgresql:// URL gets pg8000: it is pure Python, so under gevent its socket

@@ -48,6 +48,10 @@ def _common_errors(*codes: int) -> dict[str, Any]:
         "415": _error("The body is not sent as application/json."),
         "429": _error("Too many requests from this client address.", retry_after=True),
         "500": _error("An unexpected server error (never expected; reported as a bug)."),
+        "503": _error(
+            "The database is busy or unreachable; nothing was changed. Try again.",
+            retry_after=True,
+        ),
     }
     return {str(code): catalogue[str(code)] for code in codes}
 
@@ -109,7 +113,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                             },
                             "content": _json(_ref("Created")),
                         },
-                        **_common_errors(400, 409, 413, 415, 429, 500),
+                        **_common_errors(400, 409, 413, 415, 429, 500, 503),
                     },
                 }
             },
@@ -120,7 +124,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     "parameters": [user_id],
                     "responses": {
                         "200": {"description": "The user.", "content": _json(_ref("UserEnvelope"))},
-                        **_common_errors(404, 500),
+                        **_common_errors(404, 500, 503),
                     },
                 }
             },
@@ -140,7 +144,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                             "description": "The phone number is confirmed.",
                             "content": _json(_ref("UserEnvelope")),
                         },
-                        **_common_errors(400, 404, 409, 410, 413, 415, 429, 500),
+                        **_common_errors(400, 404, 409, 410, 413, 415, 429, 500, 503),
                     },
                 }
             },

@@ -38,7 +38,9 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
         channel=channel,
         amqp_url=settings.amqp_url,
         sender=sender,  # type: ignore[arg-type]
-        sessions=make_session_factory(make_engine(settings.database_url)),
+        sessions=make_session_factory(
+            make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+        ),
         policy=RetryPolicy(
             settings.max_attempts, settings.retry_delays_ms, settings.send_lease_seconds
         ),
@@ -58,7 +60,9 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
 
 def run_relay(settings: Settings) -> int:
     relay = Relay(
-        make_session_factory(make_engine(settings.database_url)),
+        make_session_factory(
+            make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+        ),
         PikaPublisher(
             settings.amqp_url,
             retry_delays_ms=settings.retry_delays_ms,

@@ -157,3 +157,28 @@ def test_timestamps_read_back_from_the_database_keep_their_time_zone(testapp):
     assert datetime.fromisoformat(user["created_at"]).utcoffset().total_seconds() == 0
     sent_at = user["notifications"][0]["sent_at"]
     assert datetime.fromisoformat(sent_at).utcoffset().total_seconds() == 0
+
+
+def test_a_locked_database_is_503_with_retry_after_not_500(settings, publisher, database_url):
+    import sqlite3
+
+    import webtest
+
+    from app import create_app
+
+    app = create_app(
+        settings.with_overrides(database_busy_timeout=0.2),
+        publisher=publisher,
+        email_sender=publisher,
+        sms_sender=publisher,
+    )
+    holder = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+    holder.execute("BEGIN IMMEDIATE")  # another process holds SQLite's one write lock
+    try:
+        response = webtest.TestApp(app).post_json("/api/users", ADA, status=503)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert response.json["error"] == "service_unavailable"
+    assert response.headers["Retry-After"] == "1"
+    register(webtest.TestApp(app))  # the lock is gone: the same registration goes through

@@ -5,6 +5,7 @@ body that validates against its schema (and every documented status is really pr
 from __future__ import annotations
 
 import re
+import tempfile
 from collections import defaultdict
 from typing import Any
 
@@ -169,5 +170,46 @@ def test_every_response_matches_the_document_and_every_status_happens(
         )
     conform.check(verify, "post", last)
     assert last.status_int == 429
+
+    # 503: a writer holds SQLite's lock past the busy timeout, or the database is unreachable.
+    import sqlite3
+
+    locked = webtest.TestApp(
+        create_app(
+            settings.with_overrides(database_busy_timeout=0.1, rate_limit_enabled=False),
+            publisher=publisher,
+            email_sender=RecordingSender(),
+            sms_sender=sms,
+        )
+    )
+    # A user with a live code, registered before the lock is taken.
+    kay = locked.post_json(
+        create, {**ADA, "email": "kay@example.com", "phone": "+16502530001"}, status=201
+    ).json["user"]
+    holder = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        lin = {**ADA, "email": "lin@example.com", "phone": "+16502530002"}
+        conform.check(create, "post", locked.post_json(create, lin, status=503))
+        conform.check(
+            verify,
+            "post",
+            locked.post_json(
+                f"/api/users/{kay['id']}/verify-phone", {"code": "123456"}, status=503
+            ),
+        )
+    finally:
+        holder.rollback()
+        holder.close()
+    unreachable_dir = tempfile.mkdtemp()
+    unreachable = webtest.TestApp(
+        create_app(
+            settings.with_overrides(database_url=f"sqlite:///{unreachable_dir}"),
+            publisher=publisher,
+            email_sender=RecordingSender(),
+            sms_sender=sms,
+        )
+    )
+    conform.check(one, "get", unreachable.get(f"/api/users/{ada['id']}", status=503))
 
     assert conform.unexercised() == {}
