@@ -113,8 +113,8 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
     if paused:
         lines += [
             "",
-            "queued with the consumers paused (SIGSTOP during the slice, drained after): the "
-            "request path alone",
+            "queued with the consumers stopped (SIGTERM before the slice, restarted and drained "
+            "after): the request path alone",
         ]
         for point in paused:
             insert = find_point(results["points"], "insert-only", point["concurrency"])

@@ -20,7 +20,6 @@ import platform
 import random
 import secrets
 import shutil
-import signal
 import sqlite3
 import sys
 import time
@@ -305,27 +304,27 @@ def run_lag_probe(session: BenchSession, parallel_rps: float | None) -> dict[str
 
 
 def run_with_consumers_paused(session: BenchSession) -> list[dict[str, Any]]:
-    """Queued mode with the consumers stopped (SIGSTOP) while the load runs, then drained.
+    """Queued mode with the consumers stopped while the load runs, then restarted and drained.
 
     What the request path of queued mode costs on its own, as when the consumers run on other
-    machines; on one small machine they otherwise take their CPU from the web server.
+    machines; on one small machine they otherwise take their CPU from the web server. They are
+    stopped cleanly (SIGTERM), not frozen with SIGSTOP: a consumer frozen inside a SQLite write
+    transaction would hold the database's one write lock and stall every registration.
     """
     options = session.options
     if options.diagnostics_duration <= 0:
         return []
     levels = sorted({min(options.concurrency), max(options.concurrency)})
-    consumers = [
-        session.stack.processes[n] for n in ("email", "sms") if n in session.stack.processes
-    ]
+    consumers = [n for n in ("email", "sms") if n in session.stack.processes]
     slices = []
     for level in levels:
-        for process in consumers:
-            process.send_signal(signal.SIGSTOP)
+        for name in consumers:
+            session.stack.stop_process(name)
         try:
             piece = session.run_slice("queued", level, options.diagnostics_duration, deliver=False)
         finally:
-            for process in consumers:
-                process.send_signal(signal.SIGCONT)
+            for name in consumers:
+                session.stack.start_worker(name)
         session.measure_delivery(piece)  # only to drain before what follows; the lag is void
         piece.lag_ms = {}
         slices.append(piece)
