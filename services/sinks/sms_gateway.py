@@ -103,13 +103,15 @@ class SmsGatewayApp:
     def _post_message(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        received_at = time.time()
+        received_at, started = time.time(), time.monotonic()
         try:
             to, body, key = parse_message(environ)
         except InvalidMessage as exc:
             return _json(start_response, exc.status, {"error": str(exc)})
-        if self.delay > 0:
-            gevent.sleep(self.delay)
+        # The answer comes `delay` after the request arrived, the sink's own work included.
+        remaining = self.delay - (time.monotonic() - started)
+        if remaining > 0:
+            gevent.sleep(remaining)
         if self._rng.random() < self.failure_rate:
             return _json(start_response, 503, {"error": "sink failure (injected)"})
         # No yield between the lookup and the insert: greenlets cannot interleave here.

@@ -63,14 +63,17 @@ class RecordingSmtpHandler:
         }
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        received_at = time.time()
-        if self.delay > 0:
-            await asyncio.sleep(self.delay)
+        received_at, started = time.time(), time.monotonic()
+        # Parse first and sleep what is left: the reply comes `delay` after the data arrived,
+        # the sink's own work included, as from a server that takes that long.
+        record = email_record(envelope, received_at)
+        remaining = self.delay - (time.monotonic() - started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
         if self._rng.random() < self.failure_rate:
             return TRANSIENT_FAILURE_REPLY
         if self._rng.random() < self.permanent_failure_rate:
             return PERMANENT_FAILURE_REPLY
-        record = email_record(envelope, received_at)
         record["duplicate"] = record["message_id"] in self._seen_message_ids
         if record["message_id"]:
             self._seen_message_ids.add(record["message_id"])
