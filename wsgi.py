@@ -23,7 +23,7 @@ from gevent.pool import Pool  # noqa: E402
 from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
 from app import create_app  # noqa: E402
-from app.config import ConfigError, load_settings  # noqa: E402
+from app.config import load_settings_or_exit  # noqa: E402
 
 log = logging.getLogger("offload.web")
 
@@ -74,11 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", action="store_true", help="log a line per request")
     args = parser.parse_args(argv)
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit()
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host

@@ -8,6 +8,7 @@ build a `Settings` by hand and nothing leaks between them.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -183,3 +184,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if "BASE_URL" not in env and "PORT" in env:
         settings = replace(settings, base_url=f"http://{settings.host}:{settings.port}")
     return settings.validate()
+
+
+def load_settings_or_exit() -> Settings:
+    """For process entry points: the settings, or a one-line error on stderr and exit status 2."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -16,7 +16,7 @@ from typing import Any
 
 import pika
 
-from app.config import ConfigError, load_settings
+from app.config import load_settings_or_exit
 from app.jobs import CHANNELS, JOBS_EXCHANGE, parked_queue
 from app.messaging import connection_parameters, declare_topology
 
@@ -105,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel", choices=[*CHANNELS, "all"], default="all")
     parser.add_argument("--limit", type=int, default=100, help="at most this many jobs")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit()
     names = CHANNELS if args.channel == "all" else (args.channel,)
     connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, name="parked"))
     try:

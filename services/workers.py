@@ -15,7 +15,7 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
-from app.config import ConfigError, Settings, load_settings  # noqa: E402
+from app.config import Settings, load_settings_or_exit  # noqa: E402
 from app.db import make_engine, make_session_factory  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 from app.messaging import PikaPublisher  # noqa: E402
@@ -89,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, help="sends at once (CONSUMER_CONCURRENCY)")
     parser.add_argument("--prefetch", type=int, help="unacked jobs held (CONSUMER_PREFETCH)")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings_or_exit()
     configure_logging(settings.log_level)
     if args.worker == "relay":
         return run_relay(settings)
