@@ -11,24 +11,39 @@ from __future__ import annotations
 import smtplib
 import ssl
 import time
-from email.message import EmailMessage
+from email.charset import QP, Charset
+from email.header import Header
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.utils import parseaddr
 
 from app.config import Settings
 from app.jobs import EmailJob
 from app.logs import mask_email
 from services.delivery import PermanentSendError, TransientSendError
 
+# UTF-8 bodies as quoted-printable: readable in the raw message, safe on any SMTP server.
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.body_encoding = QP
+# SMTP wants CRLF line endings; smtplib leaves a bytes message as it is.
+_SMTP_LINES = compat32.clone(linesep="\r\n")
 
-def build_message(job: EmailJob, mail_from: str) -> EmailMessage:
-    message = EmailMessage()
+
+def build_message(job: EmailJob, mail_from: str) -> MIMEText:
+    """The welcome email as MIME.
+
+    Built with the email package's compat32 API: the modern `EmailMessage` parses and refolds
+    every header through its header registry, which measured 0.85 ms per message against 0.11
+    ms here, and a consumer builds one per job.
+    """
+    message = MIMEText(job.text, "plain", _UTF8_QP)  # type: ignore[arg-type]
     message["From"] = mail_from
     message["To"] = job.to
-    message["Subject"] = job.subject
+    message["Subject"] = Header(job.subject, "utf-8")  # type: ignore[assignment]
     # Derived from the notification alone: a resend after a crash (sent, but not yet recorded
     # in the ledger) carries the same Message-ID, which mail systems use to fold duplicates.
     message["Message-ID"] = f"<{job.notification_id}@offload.local>"
     message["X-Offload-Notification"] = job.notification_id
-    message.set_content(job.text)
     return message
 
 
@@ -67,6 +82,7 @@ class SmtpEmailSender:
         self.starttls = starttls
         self.timeout = timeout
         self.max_idle_sessions = max_idle_sessions
+        self.envelope_from = parseaddr(mail_from)[1]
         # (session, monotonic time it was returned); list operations never yield, so greenlets
         # cannot take the same session.
         self._idle: list[tuple[smtplib.SMTP, float]] = []
@@ -123,7 +139,7 @@ class SmtpEmailSender:
         smtp: smtplib.SMTP | None = None
         try:
             smtp = self._take_session()
-            smtp.send_message(message)
+            smtp.sendmail(self.envelope_from, [job.to], message.as_bytes(policy=_SMTP_LINES))
             self._return_session(smtp)
             smtp = None
         except smtplib.SMTPRecipientsRefused as exc:

@@ -239,3 +239,27 @@ def test_smtp_sessions_are_reused_and_a_dead_one_is_a_transient_failure(tmp_path
     finally:
         sender.close()
         sink.stop()
+
+
+def test_non_ascii_text_and_sender_name_arrive_intact(tmp_path):
+    from app.jobs import EmailJob
+    from services.email import SmtpEmailSender
+    from services.sinks.smtp import SmtpSink
+
+    sink = SmtpSink(port=0, record_path=tmp_path / "mail.jsonl", delay=0)
+    sink.start()
+    try:
+        sender = SmtpEmailSender(
+            "127.0.0.1", sink.port, mail_from="Équipe Offload <no-reply@o.example>"
+        )
+        text = "Bonjour Zoë,\n\nline with a dot:\n.\nend ✓\n"
+        sender.send(
+            EmailJob(notification_id="u1", to="zoe@example.com", subject="Café ✓", text=text)
+        )
+        sender.close()
+        [record] = sink.records()
+    finally:
+        sink.stop()
+    assert record["text"] == text
+    assert record["subject"] == "Café ✓"
+    assert record["mail_from"] == "no-reply@o.example"
