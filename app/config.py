@@ -56,6 +56,8 @@ class Settings:
     mail_from: str = "Offload <no-reply@offload.example>"
     sms_gateway_url: str = "http://127.0.0.1:1026/messages"
     sms_timeout: float = 10.0
+    # Consumers and the relay serve Prometheus metrics on this port when it is not 0.
+    metrics_port: int = 0
     consumer_concurrency: int = 10
     consumer_prefetch: int = 20
     # "quorum" for a RabbitMQ cluster (replicated queues); "classic" on a single node.
@@ -155,6 +157,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "MAIL_FROM": ("mail_from", str),
     "SMS_GATEWAY_URL": ("sms_gateway_url", str),
     "SMS_TIMEOUT": ("sms_timeout", _float),
+    "METRICS_PORT": ("metrics_port", _int),
     "CONSUMER_CONCURRENCY": ("consumer_concurrency", _int),
     "CONSUMER_PREFETCH": ("consumer_prefetch", _int),
     "QUEUE_TYPE": ("queue_type", str),

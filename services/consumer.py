@@ -32,6 +32,7 @@ from app.jobs import PARKED_EXCHANGE, retry_queue, work_queue
 from app.messaging import connection_parameters, declare_topology
 from services.delivery import Sender
 from services.handlers import Ack, Park, Retry, RetryPolicy, Verdict, handle_message
+from services.metrics import JOB_SECONDS, JOBS
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,10 @@ class Consumer:
                 log.debug("connection gone before settling; the broker redelivers", exc_info=True)
 
     def _decide(self, delivery: Delivery) -> Verdict:
+        with JOB_SECONDS.labels(self.channel_name).time():
+            return self._handle(delivery)
+
+    def _handle(self, delivery: Delivery) -> Verdict:
         try:
             return handle_message(
                 delivery.body,
@@ -236,8 +241,17 @@ class Consumer:
         # Ack only after the retry or parked copy is confirmed: a crash in between leaves the
         # original to be redelivered, never lost.
         self._consume_channel.basic_ack(delivery.delivery_tag)
+        JOBS.labels(self.channel_name, _outcome(verdict)).inc()
         if isinstance(verdict, Ack):
             log.debug("%s job done: %s", self.channel_name, verdict.reason)
+
+
+def _outcome(verdict: Verdict) -> str:
+    if isinstance(verdict, Retry):
+        return "retried"
+    if isinstance(verdict, Park):
+        return "parked"
+    return "sent" if verdict.reason == "sent" else "already_sent"
 
 
 def _with_headers(properties: BasicProperties, extra: dict[str, Any]) -> pika.BasicProperties:

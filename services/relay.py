@@ -27,6 +27,7 @@ from app.jobs import job_from_dict
 from app.ledger import mark_queued
 from app.messaging import Publisher, PublishError
 from app.models import Notification, utcnow
+from services.metrics import RELAYED
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def relay_once(
             queued.append(notification)
         if queued:
             mark_queued(session, queued)
+            RELAYED.inc(len(queued))
             log.info("relay: queued %d pending notifications", len(queued))
         return len(queued)
 

@@ -189,28 +189,41 @@ class Stack:
         self.spawn("web", args)
         self.wait_until_ready()
 
-    def start_worker(self, worker: str, *, wait: bool = True) -> None:
-        """Start a consumer or the relay; by default, return once it has said it started (its
-        signal handlers are installed by then, so a SIGTERM is a clean stop, not a kill)."""
-        log_path = self.log_dir / f"{worker}.log"
+    def start_worker(
+        self,
+        worker: str,
+        *,
+        wait: bool = True,
+        name: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """Start a consumer or the relay (as `name`, default the worker's own); by default,
+        return once it has said it started (its signal handlers are installed by then, so a
+        SIGTERM is a clean stop, not a kill)."""
+        name = name or worker
+        log_path = self.log_dir / f"{name}.log"
         marker = f"offload {worker} ".encode()
         before = _count_started(log_path, marker)
-        process = self.spawn(worker, [sys.executable, "-m", "services.workers", worker])
+        process = self.spawn(
+            name, [sys.executable, "-m", "services.workers", worker], extra_env=extra_env
+        )
         deadline = time.monotonic() + READY_TIMEOUT
         while wait and _count_started(log_path, marker) <= before:
             if process.poll() is not None:
-                raise StackError(f"the {worker} worker exited; see {log_path}")
+                raise StackError(f"the {name} worker exited; see {log_path}")
             if time.monotonic() > deadline:
-                raise StackError(f"the {worker} worker did not start; see {log_path}")
+                raise StackError(f"the {name} worker did not start; see {log_path}")
             time.sleep(0.05)
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: list[str], *, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log_file = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._log_files[name] = log_file
         process = subprocess.Popen(
             args,
             cwd=PROJECT_ROOT,
-            env=self.environment(),
+            env={**self.environment(), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if self.config.echo else log_file,
             stderr=subprocess.STDOUT,

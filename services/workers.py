@@ -22,6 +22,7 @@ from app.messaging import PikaPublisher  # noqa: E402
 from services.consumer import Consumer, install_signal_handlers  # noqa: E402
 from services.email import SmtpEmailSender  # noqa: E402
 from services.handlers import RetryPolicy  # noqa: E402
+from services.metrics import serve_metrics  # noqa: E402
 from services.relay import Relay  # noqa: E402
 from services.sms import HttpSmsSender  # noqa: E402
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings_or_exit()
     configure_logging(settings.log_level)
+    serve_metrics(settings.host, settings.metrics_port)
     if args.worker == "relay":
         return run_relay(settings)
     return run_consumer(
