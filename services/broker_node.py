@@ -15,11 +15,12 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from services.sinks.process import free_port
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -28,13 +29,6 @@ START_TIMEOUT = 60
 
 class BrokerNodeError(RuntimeError):
     """The node could not be started or stopped; the message says why and what to do."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def rabbitmq_installed() -> bool:
@@ -46,7 +40,7 @@ class RabbitNode:
         self.base_dir = Path(base_dir).resolve()
         self.port = port
         # RabbitMQ's own default is port + 20000, which overflows for high (free) ports.
-        self.dist_port = dist_port or (port + 20000 if port + 20000 <= 65535 else _free_port())
+        self.dist_port = dist_port or (port + 20000 if port + 20000 <= 65535 else free_port())
         self.nodename = f"offload{port}@localhost"
         self.pid_file = self.base_dir / "rabbit.pid"
         self.log_dir = self.base_dir / "log"

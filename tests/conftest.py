@@ -104,10 +104,6 @@ def artifacts_dir() -> Path:
     return path
 
 
-def shutil_which(name: str) -> str | None:
-    return shutil.which(name)
-
-
 # -- the real stack: RabbitMQ node, SMTP and SMS sinks, web, consumers, relay ------------------
 
 

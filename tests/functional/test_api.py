@@ -47,10 +47,20 @@ def test_email_carries_a_verification_link_and_sms_a_code(testapp, email_sender,
     assert any(word.rstrip(".").isdigit() and len(word.rstrip(".")) == 6 for word in body.split())
 
 
-def test_default_mode_comes_from_settings(app, testapp):
-    from app.config import Settings  # noqa: F401 - the fixture's settings say queued
+def test_default_mode_comes_from_settings(settings, publisher, email_sender, sms_sender):
+    import webtest
 
-    assert register(testapp).json["mode"] == app.extensions["offload.settings"].dispatch_mode
+    from app import create_app
+
+    app = create_app(
+        settings.with_overrides(dispatch_mode="serial"),
+        publisher=publisher,
+        email_sender=email_sender,
+        sms_sender=sms_sender,
+    )
+    response = register(webtest.TestApp(app))  # no ?mode=
+    assert response.json["mode"] == "serial"
+    assert [job.to for job in email_sender.sent] == ["ada@example.com"]
 
 
 def test_get_user_shows_notifications(testapp):

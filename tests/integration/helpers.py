@@ -11,17 +11,20 @@ from typing import Any
 
 import requests
 
-_phone_numbers = itertools.count(1000)
+from bench.users import UserFactory
+
+# The tests take phone numbers from the start of the bench's number space; the in-suite soak
+# takes its own from the middle (see bench.soak.soak_users), so the two never collide.
+_numbers = UserFactory(nonce="tests")
+_next_index = itertools.count()
 
 
 def unique_user(tag: str = "user") -> dict[str, str]:
-    """A fresh, valid registration (US numbers 650-253-XXXX, then other exchanges)."""
-    n = next(_phone_numbers)
-    exchange, line = 253 + n // 9000, 1000 + n % 9000
+    """A fresh, valid registration; the email address starts with `tag`."""
     return {
         "name": f"Test {tag}",
         "email": f"{tag}-{uuid.uuid4().hex[:12]}@example.com",
-        "phone": f"+1650{exchange}{line}",
+        "phone": _numbers.phone(next(_next_index)),
     }
 
 
