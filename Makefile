@@ -43,7 +43,7 @@ postgresql:
 	fi
 
 run: deps rabbitmq
-	$(BIN)/python -m services.stack
+	$(BIN)/python -m devstack.stack
 
 test: deps
 	@[ -x $(RABBITMQ_SERVER) ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory rabbitmq

@@ -6,9 +6,10 @@ app, and with it each worker's broker connections, must be created after the for
 
 from typing import Any
 
-from app.config import load_settings
+from app.config import load_settings_or_exit
 
-_settings = load_settings()
+# A bad setting stops gunicorn with the same one-line message as `python wsgi.py`.
+_settings = load_settings_or_exit()
 
 bind = f"{_settings.host}:{_settings.port}"
 worker_class = "gevent"
@@ -21,5 +22,7 @@ accesslog = None
 
 
 def post_worker_init(worker: Any) -> None:
+    from app.extension import offload
+
     # Each worker connects to the broker itself, after the fork, before its first request.
-    worker.wsgi.extensions["offload.dispatcher"].publisher.warm_up()
+    offload(worker.wsgi).require_dispatcher().publisher.warm_up()

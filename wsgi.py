@@ -24,6 +24,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.config import load_settings_or_exit  # noqa: E402
+from app.extension import offload  # noqa: E402
 
 log = logging.getLogger("offload.web")
 
@@ -104,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
     server.start()
-    application.extensions["offload.dispatcher"].publisher.warm_up()
+    offload(application).require_dispatcher().publisher.warm_up()
     address = server.address
     log.info(
         "serving on http://%s:%s (tcp_nodelay=%s)", address[0], address[1], settings.tcp_nodelay
     )
     print(f"offload web listening on http://{address[0]}:{address[1]}", flush=True)
     server.serve_forever(stop_timeout=DRAIN_SECONDS)
-    application.extensions["offload.dispatcher"].publisher.close()
+    offload(application).require_dispatcher().publisher.close()
     return 0
 
 

@@ -6,27 +6,32 @@ entry points pass nothing and get the real ones built from the settings.
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from flask import Flask
-from flask_wtf.csrf import CSRFProtect
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from app.config import Settings, load_settings
-from app.messaging import Publisher
 
-csrf = CSRFProtect()
+# Flask is imported inside the factory, not here: the workers import `app.config`, `app.db` and
+# the other plain modules of this package, and must never pay for (or depend on) Flask.
+if TYPE_CHECKING:
+    from flask import Flask
+    from sqlalchemy.engine import Engine
+
+    from app.extension import Offload
+    from app.jobs import EmailJob, SmsJob
+    from app.messaging import Publisher
+    from app.senders import Sender
 
 
 def create_app(
     settings: Settings | None = None,
     *,
     publisher: Publisher | None = None,
-    email_sender: Any = None,
-    sms_sender: Any = None,
+    email_sender: Sender[EmailJob] | None = None,
+    sms_sender: Sender[SmsJob] | None = None,
     engine: Engine | None = None,
 ) -> Flask:
+    from flask import Flask
+
     # Validated here too, not only in load_settings(): a caller that builds Settings by hand
     # (tests, embedders) gets the same refusals, e.g. the default SECRET_KEY in production.
     settings = (settings or load_settings()).validate()
@@ -42,11 +47,10 @@ def create_app(
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
     )
-    app.extensions["offload.settings"] = settings
     register_logging(settings)
-    register_database(app, settings, engine)
-    register_rate_limits(app, settings)
-    register_dispatcher(app, settings, publisher, email_sender, sms_sender)
+    extension = register_database(app, settings, engine)
+    register_rate_limits(extension)
+    register_dispatcher(extension, publisher, email_sender, sms_sender)
     register_blueprints(app)
     register_security(app)
     return app
@@ -58,35 +62,36 @@ def register_logging(settings: Settings) -> None:
     configure_logging(settings.log_level)
 
 
-def register_database(app: Flask, settings: Settings, engine: Engine | None) -> None:
-    from app import db
+def register_database(app: Flask, settings: Settings, engine: Engine | None) -> Offload:
+    from app import db, extension
 
-    db.init_app(
-        app,
-        engine
-        or db.make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout),
+    engine = engine or db.make_engine(
+        settings.database_url, busy_timeout=settings.database_busy_timeout
     )
+    offload = extension.Offload(settings, engine, db.make_session_factory(engine))
+    extension.init_app(app, offload)
+    return offload
 
 
-def register_rate_limits(app: Flask, settings: Settings) -> None:
-    from app import ratelimit
+def register_rate_limits(offload: Offload) -> None:
+    from app.ratelimit import make_rate_limiter
 
-    ratelimit.init_app(app, settings, app.extensions["offload.engine"])
+    offload.rate_limiter = make_rate_limiter(offload.settings, offload.engine)
 
 
 def register_dispatcher(
-    app: Flask,
-    settings: Settings,
+    offload: Offload,
     publisher: Publisher | None,
-    email_sender: Any,
-    sms_sender: Any,
+    email_sender: Sender[EmailJob] | None,
+    sms_sender: Sender[SmsJob] | None,
 ) -> None:
     from app.dispatch import Dispatcher
     from app.messaging import PikaPublisher
     from services.email import SmtpEmailSender
     from services.sms import HttpSmsSender
 
-    app.extensions["offload.dispatcher"] = Dispatcher(
+    settings = offload.settings
+    offload.dispatcher = Dispatcher(
         email_sender=email_sender or SmtpEmailSender.from_settings(settings),
         sms_sender=sms_sender or HttpSmsSender.from_settings(settings),
         publisher=publisher
@@ -97,6 +102,7 @@ def register_dispatcher(
 
 def register_blueprints(app: Flask) -> None:
     from app import api, compare, health, web
+    from app.security import csrf
 
     app.register_blueprint(api.bp)
     app.register_blueprint(web.bp)
@@ -108,18 +114,6 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_security(app: Flask) -> None:
-    csrf.init_app(app)
+    from app import security
 
-    @app.after_request
-    def security_headers(response: Any) -> Any:
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        )
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
-
-    logging.getLogger(__name__).debug("security headers on")
+    security.init_app(app)

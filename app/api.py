@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from app import accounts
-from app.db import get_session
+from app.extension import get_session, offload
 from app.metrics import REGISTRATIONS, STEP_SECONDS
 from app.openapi import build_document
 from app.ratelimit import REGISTRATIONS as REGISTRATION_LIMIT
@@ -71,14 +71,14 @@ def json_object(what: str) -> dict[str, Any] | Response:
 @bp.post("/users")
 @limit(REGISTRATION_LIMIT)
 def create_user() -> Response:
-    settings = current_app.extensions["offload.settings"]
+    settings = offload().settings
     mode = request.args.get("mode", settings.dispatch_mode)
     data = json_object("user")
     if isinstance(data, Response):
         return data
     try:
         registered = register_and_notify(
-            get_session(), settings, current_app.extensions["offload.dispatcher"], data, mode
+            get_session(), settings, offload().require_dispatcher(), data, mode
         )
     except InvalidRegistration as exc:
         REGISTRATIONS.labels(
@@ -119,7 +119,7 @@ def verify_phone(user_id: str) -> Response:
     if not isinstance(code, str):
         message = "Send the code from the SMS as a string."
         return error(400, "invalid_code", message, {"code": message})
-    settings = current_app.extensions["offload.settings"]
+    settings = offload().settings
     try:
         user = accounts.verify_phone(get_session(), settings, user_id, code)
     except accounts.VerificationError as exc:
@@ -131,7 +131,7 @@ def verify_phone(user_id: str) -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(build_document(current_app.extensions["offload.settings"]))
+    return jsonify(build_document(offload().settings))
 
 
 def register_error_handlers(app: Flask) -> None:

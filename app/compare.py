@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, abort, current_app, render_template, send_from_directory
+from flask import Blueprint, abort, render_template, send_from_directory
 from werkzeug.wrappers import Response
+
+from app.extension import offload
 
 bp = Blueprint("compare", __name__)
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ TIMES = "\u00d7"
 
 
 def results_dir() -> Path:
-    return Path(current_app.extensions["offload.settings"].bench_results_dir)
+    return Path(offload().settings.bench_results_dir)
 
 
 def load_results(directory: Path) -> tuple[dict[str, Any] | None, str | None]:

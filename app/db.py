@@ -1,4 +1,5 @@
-"""Database plumbing: the declarative base, the engine, and the per-request session.
+"""Database plumbing shared by the web app and the workers: the declarative base, the engine,
+sessions. Plain SQLAlchemy: the Flask per-request session lives in `app/extension.py`.
 
 The schema is created by Alembic only (`migrations/`); nothing here calls `create_all`.
 """
@@ -11,7 +12,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, g
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -97,26 +97,4 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     try:
         yield session
     finally:
-        session.close()
-
-
-def init_app(app: Flask, engine: Engine) -> None:
-    app.extensions["offload.engine"] = engine
-    app.extensions["offload.sessions"] = make_session_factory(engine)
-    app.teardown_appcontext(_close_session)
-
-
-def get_session() -> Session:
-    """The request's session, opened on first use and closed on teardown."""
-    if "db_session" not in g:
-        from flask import current_app
-
-        g.db_session = current_app.extensions["offload.sessions"]()
-    session: Session = g.db_session
-    return session
-
-
-def _close_session(_exc: BaseException | None) -> None:
-    session = g.pop("db_session", None)
-    if session is not None:
         session.close()

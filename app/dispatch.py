@@ -24,7 +24,7 @@ from app.jobs import EmailJob, Job, SmsJob, job_from_dict
 from app.ledger import mark_attempt_failed, mark_queued, mark_sent, mark_skipped
 from app.messaging import Publisher, PublishError
 from app.models import Notification
-from services.delivery import PermanentSendError, Sender, SendError
+from app.senders import PermanentSendError, Sender, SendError
 
 log = logging.getLogger(__name__)
 

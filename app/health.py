@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from app.db import get_session
+from app.extension import get_session
 from app.metrics import REGISTRY
 
 bp = Blueprint("health", __name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -19,20 +19,11 @@ import gevent.event
 import pika
 import pika.exceptions
 import pika.spec
-from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.gevent_connection import GeventConnection
 from pika.channel import Channel
 
-from app.jobs import (
-    CHANNELS,
-    JOBS_EXCHANGE,
-    PARKED_EXCHANGE,
-    Job,
-    encode_job,
-    parked_queue,
-    retry_queue,
-    work_queue,
-)
+from app.jobs import JOBS_EXCHANGE, Job, encode_job
+from app.topology import connection_parameters, declare_topology_once
 
 log = logging.getLogger(__name__)
 
@@ -57,50 +48,6 @@ class Publisher(Protocol):
         """Start connecting now, so the first request does not pay for it (never raises)."""
 
     def close(self) -> None: ...
-
-
-def connection_parameters(amqp_url: str, **overrides: Any) -> pika.URLParameters:
-    params = pika.URLParameters(amqp_url)
-    # A dead broker is noticed within a minute, and a blocked one (memory or disk alarm) never
-    # holds a caller forever.
-    params.heartbeat = overrides.get("heartbeat", 30)
-    params.blocked_connection_timeout = overrides.get("blocked_connection_timeout", 30)
-    params.socket_timeout = overrides.get("socket_timeout", 5)
-    params.stack_timeout = overrides.get("stack_timeout", 10)
-    params.connection_attempts = overrides.get("connection_attempts", 1)
-    params.client_properties = {"connection_name": overrides.get("name", "offload")}
-    return params
-
-
-def declare_topology(
-    channel: BlockingChannel, retry_delays_ms: Iterable[int], *, queue_type: str = "classic"
-) -> None:
-    """Declare exchanges and queues (idempotent; every process calls it on connect)."""
-    channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
-    channel.exchange_declare(PARKED_EXCHANGE, exchange_type="direct", durable=True)
-    base_args: dict[str, Any] = {"x-queue-type": queue_type}
-    for name in CHANNELS:
-        channel.queue_declare(
-            work_queue(name),
-            durable=True,
-            arguments={**base_args, "x-dead-letter-exchange": PARKED_EXCHANGE},
-        )
-        channel.queue_bind(work_queue(name), JOBS_EXCHANGE, routing_key=name)
-        channel.queue_declare(parked_queue(name), durable=True, arguments=dict(base_args))
-        channel.queue_bind(parked_queue(name), PARKED_EXCHANGE, routing_key=name)
-        for delay in retry_delays_ms:
-            # A retry queue has no consumer: the message waits out its TTL and is dead-lettered
-            # back to the jobs exchange under its original routing key.
-            channel.queue_declare(
-                retry_queue(name, delay),
-                durable=True,
-                arguments={
-                    **base_args,
-                    "x-message-ttl": delay,
-                    "x-dead-letter-exchange": JOBS_EXCHANGE,
-                    "x-dead-letter-routing-key": name,
-                },
-            )
 
 
 def job_properties(job: Job, headers: dict[str, Any] | None = None) -> pika.BasicProperties:
@@ -306,17 +253,6 @@ class PikaPublisher:
             with gevent.Timeout(5, False):
                 while self._connection is not None:
                     gevent.sleep(0.01)
-
-
-def declare_topology_once(
-    params: pika.URLParameters, retry_delays_ms: Sequence[int], queue_type: str
-) -> None:
-    """Declare the topology over a short-lived blocking connection."""
-    connection = pika.BlockingConnection(params)
-    try:
-        declare_topology(connection.channel(), retry_delays_ms, queue_type=queue_type)
-    finally:
-        connection.close()
 
 
 class InMemoryPublisher:

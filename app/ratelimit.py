@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from flask import Flask, current_app, request
+from flask import request
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import TooManyRequests
 
 from app.config import ConfigError, Settings
+from app.extension import offload
 from app.models import RateLimitCounter
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_p
     return str(ip)
 
 
-def init_app(app: Flask, settings: Settings, engine: Engine) -> None:
+def make_rate_limiter(settings: Settings, engine: Engine) -> RateLimiter:
     rates = {
         REGISTRATIONS: Rate.parse(
             settings.rate_limit_registrations, setting="RATE_LIMIT_REGISTRATIONS"
@@ -194,9 +195,7 @@ def init_app(app: Flask, settings: Settings, engine: Engine) -> None:
             settings.rate_limit_verifications, setting="RATE_LIMIT_VERIFICATIONS"
         ),
     }
-    app.extensions["offload.ratelimiter"] = RateLimiter(
-        engine, rates, enabled=settings.rate_limit_enabled
-    )
+    return RateLimiter(engine, rates, enabled=settings.rate_limit_enabled)
 
 
 P = ParamSpec("P")
@@ -212,14 +211,13 @@ def limit(
         @functools.wraps(view)
         def limited(*args: P.args, **kwargs: P.kwargs) -> R:
             if request.method in methods:
-                settings: Settings = current_app.extensions["offload.settings"]
-                limiter: RateLimiter = current_app.extensions["offload.ratelimiter"]
+                extension = offload()
                 client = client_address(
                     request.remote_addr,
                     request.headers.get("X-Forwarded-For"),
-                    settings.rate_limit_trusted_proxies,
+                    extension.settings.rate_limit_trusted_proxies,
                 )
-                decision = limiter.hit(name, client)
+                decision = extension.require_rate_limiter().hit(name, client)
                 if not decision.allowed:
                     raise RateLimited(name, decision.retry_after)
             return view(*args, **kwargs)
@@ -227,9 +225,3 @@ def limit(
         return limited
 
     return decorator
-
-
-def retry_after_header(exc: Any) -> dict[str, str]:
-    """The Retry-After header of a RateLimited error, for views that build their own response."""
-    seconds = getattr(exc, "seconds", None)
-    return {"Retry-After": str(seconds)} if seconds else {}

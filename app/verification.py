@@ -70,7 +70,8 @@ def read_email_token(secret_key: str, token: str, *, max_age: int) -> EmailClaim
         data = _serializer(secret_key).loads(token, max_age=max_age)
     except SignatureExpired:
         raise ExpiredToken("this verification link has expired") from None
-    except BadSignature:
+    except (BadSignature, UnicodeEncodeError):
+        # UnicodeEncodeError: a lone surrogate cannot be encoded, so it cannot be a token we made.
         raise InvalidToken("this verification link is not valid") from None
     if (
         not isinstance(data, dict)

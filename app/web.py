@@ -11,7 +11,6 @@ from typing import Any
 from flask import (
     Blueprint,
     abort,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -25,7 +24,7 @@ from werkzeug.wrappers import Response
 from app import accounts
 from app.api import VERIFICATION_STATUS
 from app.config import DISPATCH_MODES, Settings
-from app.db import get_session
+from app.extension import get_session, offload
 from app.metrics import REGISTRATIONS
 from app.models import User
 from app.ratelimit import REGISTRATIONS as REGISTRATION_LIMIT
@@ -42,7 +41,7 @@ Page = str | tuple[str, int] | tuple[str, int, dict[str, str]]
 
 
 def _settings() -> Settings:
-    settings: Settings = current_app.extensions["offload.settings"]
+    settings: Settings = offload().settings
     return settings
 
 
@@ -63,7 +62,7 @@ def register() -> Response | Page:
         )
     try:
         registered = register_and_notify(
-            get_session(), settings, current_app.extensions["offload.dispatcher"], values, mode
+            get_session(), settings, offload().require_dispatcher(), values, mode
         )
     except (InvalidRegistration, AlreadyRegistered) as exc:
         status = 409 if isinstance(exc, AlreadyRegistered) else 400

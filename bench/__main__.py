@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         command=shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
     )
     from bench.runner import RunDirError, run_bench
-    from services.broker_node import BrokerNodeError
-    from services.stack import StackError
+    from devstack.broker_node import BrokerNodeError
+    from devstack.stack import StackError
 
     try:
         results = run_bench(options, progress)

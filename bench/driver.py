@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import IO
 
 from bench.protocol import LoadResult, LoadSpec
+from devstack import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Past the spec's own time, how long a run may take before the child is presumed stuck.
 GRACE_SECONDS = 60.0
 

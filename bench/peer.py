@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.config import Settings, load_settings
@@ -30,13 +29,13 @@ from app.registration import Registration, build_notifications, register_user
 from bench.celery_peer import QUEUE, TASK_NAME, make_celery
 from bench.sinkwatch import wait_for_all
 from bench.stats import finite_or_none, summarize
+from devstack import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from bench.runner import BenchSession
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WARMUP_JOBS = 10
 WORKER_START_TIMEOUT = 60.0
 PUBLISH_TIMEOUT = 5.0

@@ -15,7 +15,7 @@ import pika
 import pika.exceptions
 
 from app.jobs import CHANNELS, work_queue
-from app.messaging import connection_parameters
+from app.topology import connection_parameters
 
 POLL_SECONDS = 0.1
 MAX_SAMPLES = 200_000  # a bound on memory: ~5.5 hours at 10 samples a second

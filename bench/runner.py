@@ -107,7 +107,7 @@ class BenchSession:
 
     def __init__(
         self,
-        stack: Any,  # services.stack.Stack (imported lazily: it pulls in the migrations)
+        stack: Any,  # devstack.stack.Stack (imported lazily: it pulls in the migrations)
         loadgen: LoadGenerator,
         poller: QueueDepthPoller,
         options: BenchOptions,
@@ -540,7 +540,7 @@ def host_facts() -> dict[str, Any]:
 
 
 def stack_config(options: BenchOptions) -> Any:
-    from services.stack import StackConfig
+    from devstack.stack import StackConfig
 
     return StackConfig.on_free_ports(
         options.run_dir,
@@ -584,7 +584,7 @@ def prepare_run_dir(run_dir: Path) -> None:
 def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
     from bench.burst import run_burst
     from bench.peer import run_peer
-    from services.stack import Stack
+    from devstack.stack import Stack
 
     started_at = datetime.now(UTC)
     host = host_facts()

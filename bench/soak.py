@@ -28,7 +28,7 @@ import requests
 
 from app.jobs import CHANNELS, parked_queue
 from bench.users import UserFactory, capacity
-from services.stack import Stack, StackConfig
+from devstack.stack import Stack, StackConfig
 
 
 @dataclass

@@ -29,8 +29,8 @@ from pika.spec import Basic, BasicProperties
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs import PARKED_EXCHANGE, retry_queue, work_queue
-from app.messaging import connection_parameters, declare_topology
-from services.delivery import Sender
+from app.senders import Sender
+from app.topology import connection_parameters, declare_topology
 from services.handlers import Ack, Park, Retry, RetryPolicy, Verdict, handle_message
 from services.metrics import JOB_SECONDS, JOBS
 

@@ -20,7 +20,7 @@ from email.utils import parseaddr
 from app.config import Settings
 from app.jobs import EmailJob
 from app.logs import mask_email
-from services.delivery import PermanentSendError, TransientSendError
+from app.senders import PermanentSendError, TransientSendError
 
 # UTF-8 bodies as quoted-printable: readable in the raw message, safe on any SMTP server.
 _UTF8_QP = Charset("utf-8")

@@ -17,7 +17,7 @@ from app.db import session_scope
 from app.jobs import MalformedJob, decode_job
 from app.ledger import mark_attempt_failed, mark_sent, take_send_lease
 from app.models import Notification
-from services.delivery import PermanentSendError, Sender, TransientSendError
+from app.senders import PermanentSendError, Sender, TransientSendError
 
 log = logging.getLogger(__name__)
 

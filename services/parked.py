@@ -18,7 +18,7 @@ import pika
 
 from app.config import load_settings_or_exit
 from app.jobs import CHANNELS, JOBS_EXCHANGE, parked_queue
-from app.messaging import connection_parameters, declare_topology
+from app.topology import connection_parameters, declare_topology
 
 
 @dataclass(frozen=True)

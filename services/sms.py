@@ -13,7 +13,7 @@ from requests.adapters import HTTPAdapter
 
 from app.config import Settings
 from app.jobs import SmsJob
-from services.delivery import PermanentSendError, TransientSendError
+from app.senders import PermanentSendError, TransientSendError
 
 # Timeout, too early, rate limited: the gateway asks us to come back, not to give up.
 _RETRYABLE_4XX = frozenset({408, 425, 429})

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import create_app
 from app.config import Settings
 from app.db import make_engine, make_session_factory
+from app.extension import offload
 from app.messaging import InMemoryPublisher
 from app.migrate import upgrade
-from services.delivery import RecordingSender
+from app.senders import RecordingSender
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -82,7 +83,7 @@ def app(
         settings, publisher=publisher, email_sender=email_sender, sms_sender=sms_sender
     )
     yield application
-    application.extensions["offload.engine"].dispose()
+    offload(application).engine.dispose()
 
 
 @pytest.fixture
@@ -114,8 +115,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     Sinks answer after 20 ms; consumers run 4 sends at once, so a batch of jobs takes long
     enough to be interrupted mid-stream. Tests that break a part restart it before returning.
     """
-    from services.broker_node import rabbitmq_installed
-    from services.stack import Stack, StackConfig
+    from devstack.broker_node import rabbitmq_installed
+    from devstack.stack import Stack, StackConfig
 
     require(rabbitmq_installed(), "RabbitMQ (apt-get install rabbitmq-server)")
     config = StackConfig.on_free_ports(

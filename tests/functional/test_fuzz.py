@@ -21,7 +21,8 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app import create_app
-from services.delivery import RecordingSender
+from app.extension import offload
+from app.senders import RecordingSender
 
 MAX_EXAMPLES = 50
 DEADLINE = timedelta(seconds=2)
@@ -86,4 +87,4 @@ def test_api_survives_fuzzing_and_matches_its_document(
     record(artifacts_dir, f"{method} {path} {mode.value}", sent)
     # A document-only operation has one request to make; the others must really be explored.
     assert sent >= (1 if path == "/api/openapi.json" else MAX_EXAMPLES // 2)
-    app.extensions["offload.engine"].dispose()
+    offload(app).engine.dispose()

@@ -15,7 +15,7 @@ import schemathesis
 import webtest
 
 from app import create_app
-from services.delivery import RecordingSender
+from app.senders import RecordingSender
 
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 7911 123456"}
 IGNORED_METHODS = {"HEAD", "OPTIONS"}

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import re
-from pathlib import Path
 
 import pytest
 import webtest
@@ -16,12 +15,13 @@ from sqlalchemy import func, select
 from app import create_app
 from app.config import DEFAULT_SECRET_KEY, ConfigError, Settings
 from app.db import make_engine
+from app.extension import offload
 from app.logs import JsonFormatter
 from app.models import RateLimitCounter
 from app.ratelimit import Rate, RateLimiter, client_address
-from services.delivery import PermanentSendError, RecordingSender
+from app.senders import PermanentSendError, RecordingSender
+from devstack import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 7911 123456"}
 HOME = {"REMOTE_ADDR": "203.0.113.7"}
 
@@ -311,7 +311,7 @@ def test_create_app_refuses_the_default_secret_key_in_production(database_url, p
 def test_production_starts_with_a_real_secret_key(database_url, publisher):
     settings = Settings(environment="production", database_url=database_url, secret_key="x" * 64)
     app = create_app(settings, publisher=publisher)
-    app.extensions["offload.engine"].dispose()
+    offload(app).engine.dispose()
 
 
 # -- logs --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
+from app.extension import offload
 from app.models import User, utcnow
 from app.verification import make_email_token
 
@@ -59,7 +60,7 @@ def test_email_link_confirms_the_address_once(testapp, email_sender):
 
 def test_expired_link_is_410_with_a_clear_page(app, testapp, email_sender):
     user = register(testapp)
-    settings = app.extensions["offload.settings"]
+    settings = offload(app).settings
     old = int(time.time()) - settings.verification_max_age - 60
     token = make_email_token(settings.secret_key, user["id"], user["email"], issued_at=old)
     page = testapp.get(f"/verify-email/{token}", status=410)
@@ -87,14 +88,14 @@ def test_forged_or_malformed_link_is_400_never_500(testapp, token):
 
 def test_link_for_another_address_is_refused(app, testapp):
     user = register(testapp)
-    secret = app.extensions["offload.settings"].secret_key
+    secret = offload(app).settings.secret_key
     token = make_email_token(secret, user["id"], "someone.else@example.com")
     testapp.get(f"/verify-email/{token}", status=400)
     assert api_user(testapp, user["id"])["email_verified"] is False
 
 
 def test_link_for_an_unknown_user_is_refused(app, testapp):
-    secret = app.extensions["offload.settings"].secret_key
+    secret = offload(app).settings.secret_key
     token = make_email_token(secret, "f" * 32, "ada@example.com")
     testapp.get(f"/verify-email/{token}", status=400)
 

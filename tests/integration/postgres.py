@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from services.sinks.process import free_port
+from devstack.sinks.process import free_port
 
 
 def postgres_bin() -> str | None:

@@ -21,9 +21,9 @@ import webtest
 from app import create_app
 from app.config import Settings
 from app.messaging import InMemoryPublisher
+from app.senders import RecordingSender
 from bench.runner import MODES, BenchOptions, find_point
 from bench.users import UserFactory, capacity
-from services.delivery import RecordingSender
 from tests.conftest import require
 
 LEVELS = (1, 4)
@@ -34,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, list[str]]:
     from bench.__main__ import finish
     from bench.runner import run_bench
-    from services.broker_node import rabbitmq_installed
+    from devstack.broker_node import rabbitmq_installed
 
     require(rabbitmq_installed(), "RabbitMQ (apt-get install rabbitmq-server)")
     base = tmp_path_factory.mktemp("bench")

@@ -24,8 +24,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from app.jobs import EmailJob, encode_job, parked_queue, work_queue
-from app.messaging import declare_topology
 from app.models import User
+from app.topology import declare_topology
 from tests.integration.helpers import (
     assert_delivered_once,
     deliveries,

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from services.sinks.process import free_port
+from devstack.sinks.process import free_port
 from tests.integration.helpers import assert_delivered_once, register
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from app.db import make_engine, make_session_factory
 from app.messaging import InMemoryPublisher
 from app.migrate import alembic_config
 from app.models import Notification, utcnow
-from services.delivery import RecordingSender
+from app.senders import RecordingSender
 from services.relay import claim_pending
 from tests.conftest import require
 from tests.integration.helpers import unique_user

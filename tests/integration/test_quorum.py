@@ -11,7 +11,8 @@ import pika
 import pytest
 
 from app.jobs import PARKED_EXCHANGE, EmailJob, encode_job, parked_queue, retry_queue, work_queue
-from app.messaging import PikaPublisher, declare_topology
+from app.messaging import PikaPublisher
+from app.topology import declare_topology
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import pytest
 from app.jobs import EmailJob, encode_job, job_from_dict
 from app.models import Notification, User
 from app.registration import register_user, validate_registration
-from services.delivery import PermanentSendError, RecordingSender, TransientSendError
+from app.senders import PermanentSendError, RecordingSender, TransientSendError
 from services.handlers import Ack, Park, Retry, RetryPolicy, handle_message
 
 POLICY = RetryPolicy(max_attempts=3, delays_ms=(100, 1000))

@@ -169,6 +169,7 @@ def test_every_job_survives_the_wire(job):
 @example("")
 @example(".")
 @example("e30.ZZZZZZ.ZZZZZZZZZZZZZZZZZZZZZZZZZZZ")
+@example("\ud800")  # a lone surrogate: once a UnicodeEncodeError, now an invalid token
 def test_any_text_reads_as_a_claim_or_invalid_token(token):
     try:
         claim = read_email_token(SECRET, token, max_age=3600)

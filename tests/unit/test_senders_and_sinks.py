@@ -15,11 +15,11 @@ import pytest
 import requests
 
 from app.jobs import EmailJob, SmsJob
-from services.delivery import PermanentSendError, TransientSendError
+from app.senders import PermanentSendError, TransientSendError
+from devstack.sinks.process import SinkProcess, free_port, start_sink_process
+from devstack.sinks.records import RecordFile, read_records
+from devstack.sinks.smtp import SmtpSink
 from services.email import SmtpEmailSender
-from services.sinks.process import SinkProcess, free_port, start_sink_process
-from services.sinks.records import RecordFile, read_records
-from services.sinks.smtp import SmtpSink
 from services.sms import HttpSmsSender
 
 WELCOME = EmailJob(
@@ -210,9 +210,9 @@ def test_smtp_errors_never_carry_the_recipient_address():
 
 def test_smtp_sessions_are_reused_and_a_dead_one_is_a_transient_failure(tmp_path):
     from app.jobs import EmailJob
-    from services.delivery import TransientSendError
+    from app.senders import TransientSendError
+    from devstack.sinks.smtp import SmtpSink
     from services.email import SmtpEmailSender
-    from services.sinks.smtp import SmtpSink
 
     sink = SmtpSink(port=0, record_path=tmp_path / "mail.jsonl", delay=0)
     sink.start()
@@ -243,8 +243,8 @@ def test_smtp_sessions_are_reused_and_a_dead_one_is_a_transient_failure(tmp_path
 
 def test_non_ascii_text_and_sender_name_arrive_intact(tmp_path):
     from app.jobs import EmailJob
+    from devstack.sinks.smtp import SmtpSink
     from services.email import SmtpEmailSender
-    from services.sinks.smtp import SmtpSink
 
     sink = SmtpSink(port=0, record_path=tmp_path / "mail.jsonl", delay=0)
     sink.start()

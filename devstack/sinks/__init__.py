@@ -2,6 +2,6 @@
 
 Both accept what the real senders send, wait a settable delay, can inject failures at a settable
 rate, and append every accepted message to a JSON-lines record file that the demo, the benchmark
-and the tests read back. Run them with `python -m services.sinks {smtp,sms} ...`; tests and the
-benchmark start them through `services.sinks.process.start_sink_process`.
+and the tests read back. Run them with `python -m devstack.sinks {smtp,sms} ...`; tests and the
+benchmark start them through `devstack.sinks.process.start_sink_process`.
 """

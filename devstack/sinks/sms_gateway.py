@@ -13,8 +13,8 @@ which is exactly the case the idempotency key exists for. A repeated key is answ
 gateway would (same id, nothing sent twice) but still recorded, with duplicate=true, so tests and
 the benchmark can count retries that reached the gateway.
 
-gevent only cooperates in a monkey-patched process: run this through `python -m services.sinks
-sms` (which patches first) or `services.sinks.process.start_sink_process`, not inside a plain
+gevent only cooperates in a monkey-patched process: run this through `python -m devstack.sinks
+sms` (which patches first) or `devstack.sinks.process.start_sink_process`, not inside a plain
 test process.
 """
 
@@ -33,7 +33,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import gevent
 from gevent.pywsgi import WSGIServer
 
-from services.sinks.records import Record, RecordFile, read_records
+from devstack.sinks.records import Record, RecordFile, read_records
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_HANG_SECONDS = 30.0

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import IO, Literal
 
-from services.sinks.records import Record, read_records
+from devstack import PROJECT_ROOT
+from devstack.sinks.records import Record, read_records
 
 SinkKind = Literal["smtp", "sms"]
 
-# Where `python -m services.sinks` must be importable from, whatever the caller's cwd.
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Where `python -m devstack.sinks` must be importable from, whatever the caller's cwd.
 _READY_LINE = re.compile(rb"listening on (\S+):(\d+)\b")
 
 
@@ -115,7 +115,7 @@ def start_sink_process(
     stderr_path: str | Path | None = None,
     startup_timeout: float = 15.0,
 ) -> SinkProcess:
-    """Run `python -m services.sinks KIND ...` and return once its port accepts connections.
+    """Run `python -m devstack.sinks KIND ...` and return once its port accepts connections.
 
     port 0 lets the sink pick a free port; the returned `.port` is the real one. timeout_rate and
     hang_seconds apply to the SMS gateway only, permanent_failure_rate to the SMTP sink only.
@@ -128,7 +128,7 @@ def start_sink_process(
     command = [
         python,
         "-m",
-        "services.sinks",
+        "devstack.sinks",
         kind,
         "--host",
         host,
@@ -150,7 +150,7 @@ def start_sink_process(
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if part
+        part for part in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if part
     )
     stderr = _open_stderr_file(stderr_path)
     process = subprocess.Popen(

@@ -4,7 +4,7 @@
 use it from code, on free ports and their own folders, so they can run while `make run` is up.
 Every process is ours: we start it, we stop it by its PID (SIGTERM, then SIGKILL).
 
-    python -m services.stack            # what `make run` does
+    python -m devstack.stack            # what `make run` does
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import IO, Literal
 
 from app.migrate import upgrade
-from services.broker_node import BrokerNodeError, RabbitNode
-from services.sinks.process import SinkProcess, free_port, start_sink_process
+from devstack import PROJECT_ROOT
+from devstack.broker_node import BrokerNodeError, RabbitNode
+from devstack.sinks.process import SinkProcess, free_port, start_sink_process
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
 
 
@@ -243,7 +243,7 @@ class Stack:
                 raise StackError(f"the web process exited; see {self.log_dir / 'web.log'}")
             try:
                 url = f"{self.base_url}/readyz"  # always our own http://127.0.0.1 address
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, OSError):

@@ -4,8 +4,8 @@ It runs Debian's `rabbitmq-server` directly with its own node name, ports, data,
 file, pid file and HOME (so its own Erlang cookie), and never touches the system service.
 Several can run side by side (`make run` and `make test` at once) as long as ports differ.
 
-    python -m services.broker_node start --dir .run/rabbitmq --port 5673
-    python -m services.broker_node stop --dir .run/rabbitmq --port 5673
+    python -m devstack.broker_node start --dir .run/rabbitmq --port 5673
+    python -m devstack.broker_node stop --dir .run/rabbitmq --port 5673
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.sinks.process import free_port
+from devstack.sinks.process import free_port
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"

@@ -1,4 +1,5 @@
-"""The sender interface shared by the request path (serial, parallel) and the consumers.
+"""The sender interface shared by the request path (serial, parallel) and the consumers, beside
+the publisher interface (`app/messaging.py`): both are how the core hands a notification on.
 
 A sender either returns (the server accepted the message) or raises one of two errors, and the
 difference decides what happens next: a transient failure is retried with backoff, a permanent

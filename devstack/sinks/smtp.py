@@ -7,7 +7,7 @@ retry) at `failure_rate`, `550 5.1.1` (permanent) at `permanent_failure_rate`. R
 not recorded; the record file holds what the sink accepted.
 
 The server runs on an asyncio loop in a background thread (aiosmtpd's Controller). That works
-from a plain test process and from the `python -m services.sinks smtp` entry point; it is not
+from a plain test process and from the `python -m devstack.sinks smtp` entry point; it is not
 meant for a gevent-patched process.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from services.sinks.records import Record, RecordFile, read_records
+from devstack.sinks.records import Record, RecordFile, read_records
 
 TRANSIENT_FAILURE_REPLY = "451 4.3.0 sink failure (injected)"
 PERMANENT_FAILURE_REPLY = "550 5.1.1 mailbox unavailable (injected)"

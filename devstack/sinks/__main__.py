@@ -1,4 +1,4 @@
-"""Run a sink in the foreground: `python -m services.sinks {smtp,sms} [options]`.
+"""Run a sink in the foreground: `python -m devstack.sinks {smtp,sms} [options]`.
 
 Prints one line, `<kind> sink listening on HOST:PORT ...`, once the port accepts connections (a
 parent process waits for it), and stops cleanly with exit status 0 on SIGTERM or SIGINT.
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m services.sinks",
+        prog="python -m devstack.sinks",
         description="Local SMTP server and SMS HTTP gateway that record what they accept.",
     )
     kinds = parser.add_subparsers(dest="kind", required=True)
@@ -119,7 +119,7 @@ def _rate(raw: str) -> float:
 
 
 def run_smtp(args: argparse.Namespace, delay: float) -> int:
-    from services.sinks.smtp import SmtpSink
+    from devstack.sinks.smtp import SmtpSink
 
     sink = SmtpSink(
         args.host,
@@ -152,7 +152,7 @@ def run_sms_gateway(args: argparse.Namespace, delay: float) -> int:
     import gevent
     from gevent.event import Event
 
-    from services.sinks.sms_gateway import SmsGatewaySink
+    from devstack.sinks.sms_gateway import SmsGatewaySink
 
     sink = SmsGatewaySink(
         args.host,
@@ -179,7 +179,7 @@ def run_sms_gateway(args: argparse.Namespace, delay: float) -> int:
 
 
 def _announce(kind: str, host: str, port: int, record: str, delay: float) -> None:
-    # The parent process (services.sinks.process) waits for this exact shape of line.
+    # The parent process (devstack.sinks.process) waits for this exact shape of line.
     print(
         f"{kind} sink listening on {host}:{port} (records {record}, delay {delay * 1000:g} ms)",
         flush=True,

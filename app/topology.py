@@ -1,0 +1,70 @@
+"""The broker's topology: how to reach it, and the exchanges and queues every process declares.
+
+Shared by the publisher, the consumers, the parked-jobs tool and the benchmark; the names
+themselves are the message contract in `app/jobs.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from app.jobs import CHANNELS, JOBS_EXCHANGE, PARKED_EXCHANGE, parked_queue, retry_queue, work_queue
+
+
+def connection_parameters(amqp_url: str, **overrides: Any) -> pika.URLParameters:
+    params = pika.URLParameters(amqp_url)
+    # A dead broker is noticed within a minute, and a blocked one (memory or disk alarm) never
+    # holds a caller forever.
+    params.heartbeat = overrides.get("heartbeat", 30)
+    params.blocked_connection_timeout = overrides.get("blocked_connection_timeout", 30)
+    params.socket_timeout = overrides.get("socket_timeout", 5)
+    params.stack_timeout = overrides.get("stack_timeout", 10)
+    params.connection_attempts = overrides.get("connection_attempts", 1)
+    params.client_properties = {"connection_name": overrides.get("name", "offload")}
+    return params
+
+
+def declare_topology(
+    channel: BlockingChannel, retry_delays_ms: Iterable[int], *, queue_type: str = "classic"
+) -> None:
+    """Declare exchanges and queues (idempotent; every process calls it on connect)."""
+    channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
+    channel.exchange_declare(PARKED_EXCHANGE, exchange_type="direct", durable=True)
+    base_args: dict[str, Any] = {"x-queue-type": queue_type}
+    for name in CHANNELS:
+        channel.queue_declare(
+            work_queue(name),
+            durable=True,
+            arguments={**base_args, "x-dead-letter-exchange": PARKED_EXCHANGE},
+        )
+        channel.queue_bind(work_queue(name), JOBS_EXCHANGE, routing_key=name)
+        channel.queue_declare(parked_queue(name), durable=True, arguments=dict(base_args))
+        channel.queue_bind(parked_queue(name), PARKED_EXCHANGE, routing_key=name)
+        for delay in retry_delays_ms:
+            # A retry queue has no consumer: the message waits out its TTL and is dead-lettered
+            # back to the jobs exchange under its original routing key.
+            channel.queue_declare(
+                retry_queue(name, delay),
+                durable=True,
+                arguments={
+                    **base_args,
+                    "x-message-ttl": delay,
+                    "x-dead-letter-exchange": JOBS_EXCHANGE,
+                    "x-dead-letter-routing-key": name,
+                },
+            )
+
+
+def declare_topology_once(
+    params: pika.URLParameters, retry_delays_ms: Sequence[int], queue_type: str
+) -> None:
+    """Declare the topology over a short-lived blocking connection."""
+    connection = pika.BlockingConnection(params)
+    try:
+        declare_topology(connection.channel(), retry_delays_ms, queue_type=queue_type)
+    finally:
+        connection.close()

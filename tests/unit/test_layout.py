@@ -1,0 +1,44 @@
+"""The layout's promises, checked: the workers run without Flask."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from devstack import PROJECT_ROOT
+
+WORKER_ENTRY_POINTS = ["services.workers", "services.parked", "app.migrate"]
+
+
+@pytest.mark.parametrize("module", WORKER_ENTRY_POINTS)
+def test_worker_entry_points_never_import_flask(module: str) -> None:
+    # A fresh interpreter: this test process has imported Flask long ago.
+    probe = (
+        f"import importlib, sys; importlib.import_module({module!r}); "
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in {'flask', 'flask_wtf'}); "
+        "print(','.join(leaked))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "", f"{module} imported {result.stdout.strip()}"
+
+
+def test_the_probe_sees_flask_when_it_is_imported() -> None:
+    # The check above would pass vacuously if the probe could not see Flask at all.
+    result = subprocess.run(
+        [sys.executable, "-c", "import app.web, sys; print('flask' in sys.modules)"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "True"
