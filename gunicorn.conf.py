@@ -23,6 +23,16 @@ accesslog = None
 
 def post_worker_init(worker: Any) -> None:
     from app.extension import offload
+    from app.hubwatch import watch_hub
 
+    watch_hub(_settings.hub_block_report_ms)
     # Each worker connects to the broker itself, after the fork, before its first request.
     offload(worker.wsgi).require_dispatcher().publisher.warm_up()
+
+
+def worker_exit(_server: Any, worker: Any) -> None:
+    # Rows confirmed in the last few milliseconds are marked queued before the worker goes.
+    from app.extension import offload
+
+    if worker.wsgi is not None:
+        offload(worker.wsgi).require_dispatcher().queued_marker.close()

@@ -25,6 +25,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 from app import create_app  # noqa: E402
 from app.config import load_settings_or_exit  # noqa: E402
 from app.extension import offload  # noqa: E402
+from app.hubwatch import watch_hub  # noqa: E402
 
 log = logging.getLogger("offload.web")
 
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    watch_hub(settings.hub_block_report_ms)
     server.start()
     offload(application).require_dispatcher().publisher.warm_up()
     address = server.address
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"offload web listening on http://{address[0]}:{address[1]}", flush=True)
     server.serve_forever(stop_timeout=DRAIN_SECONDS)
-    offload(application).require_dispatcher().publisher.close()
+    dispatcher = offload(application).require_dispatcher()
+    dispatcher.queued_marker.close()
+    dispatcher.publisher.close()
     return 0
 
 

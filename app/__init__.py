@@ -86,6 +86,7 @@ def register_dispatcher(
     sms_sender: Sender[SmsJob] | None,
 ) -> None:
     from app.dispatch import Dispatcher
+    from app.ledger import QueuedMarker
     from app.messaging import PikaPublisher
     from services.email import SmtpEmailSender
     from services.sms import HttpSmsSender
@@ -97,6 +98,7 @@ def register_dispatcher(
         publisher=publisher
         or PikaPublisher(settings.amqp_url, retry_delays_ms=settings.retry_delays_ms),
         publish_timeout=settings.publish_timeout,
+        queued_marker=QueuedMarker(offload.sessions, interval=settings.queued_mark_interval),
     )
 
 

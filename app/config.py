@@ -41,12 +41,18 @@ class Settings:
     web_pool_size: int = 1000
     web_workers: int = 2
     tcp_nodelay: bool = True
+    # Count event-loop stalls longer than this many ms (gevent's monitor thread); 0 is off.
+    hub_block_report_ms: float = 0.0
     max_body_bytes: int = 16 * 1024
     # How long a request may wait for the broker's publisher confirms before it answers anyway
     # and leaves the jobs to the outbox relay. Under load the wait includes the time the process
     # spends on the other requests in flight (50 at once x ~3.5 ms of CPU each), not only the
     # broker's round trip, so a budget much below that sends healthy jobs the slow way.
     publish_timeout: float = 1.0
+    # How long the web process gathers confirmed publishes before marking their rows `queued`
+    # in one UPDATE (0: mark each registration's rows at once). Keep it well below
+    # RELAY_GRACE_SECONDS, which leaves pending rows to the request that wrote them.
+    queued_mark_interval: float = 0.05
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_username: str = ""
@@ -94,6 +100,11 @@ class Settings:
             raise ConfigError("SECRET_KEY must be set to a random value in production")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"QUEUE_TYPE must be classic or quorum, not {self.queue_type!r}")
+        if not 0 <= self.queued_mark_interval < self.relay_grace_seconds:
+            raise ConfigError(
+                "QUEUED_MARK_INTERVAL must be at least 0 and below RELAY_GRACE_SECONDS, "
+                f"not {self.queued_mark_interval!r}"
+            )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
         return self
@@ -146,8 +157,10 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "WEB_POOL_SIZE": ("web_pool_size", _int),
     "WEB_WORKERS": ("web_workers", _int),
     "TCP_NODELAY": ("tcp_nodelay", _bool),
+    "HUB_BLOCK_REPORT_MS": ("hub_block_report_ms", _float),
     "MAX_BODY_BYTES": ("max_body_bytes", _int),
     "PUBLISH_TIMEOUT": ("publish_timeout", _float),
+    "QUEUED_MARK_INTERVAL": ("queued_mark_interval", _float),
     "SMTP_HOST": ("smtp_host", str),
     "SMTP_PORT": ("smtp_port", _int),
     "SMTP_USERNAME": ("smtp_username", str),

@@ -7,11 +7,14 @@ The schema is created by Alembic only (`migrations/`); nothing here calls `creat
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import gevent
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -52,21 +55,73 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def _sqlite_configurer(busy_timeout: float) -> Any:
-    def configure(dbapi_connection: Any, _record: Any) -> None:
-        # WAL lets readers run beside the single writer, and synchronous=NORMAL skips the fsync
-        # on every commit (about 1.9 ms -> 0.01 ms here): a commit survives a process crash but
-        # the last transactions may be lost on power failure. busy_timeout makes a second writer
-        # wait for the lock rather than fail at once with "database is locked"; past it the
-        # request answers 503 (see app/api.py).
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+def _sqlite_configurer(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the single writer, and synchronous=NORMAL skips the fsync on
+    # every commit (about 1.9 ms -> 0.01 ms here): a commit survives a process crash but the
+    # last transactions may be lost on power failure. busy_timeout is 0: SQLite's own busy
+    # handler sleeps inside C, which would freeze every greenlet of the process while another
+    # process holds the write lock; the waiting is done by `_wait_while_busy` instead.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=0")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
-    return configure
+
+# SQLITE_BUSY and SQLITE_BUSY_RECOVERY: the lock is held, try again. Not SQLITE_BUSY_SNAPSHOT
+# (517): a read transaction that wants to write after another commit cannot succeed by waiting.
+_SQLITE_BUSY_CODES = frozenset({5, 261})
+_FIRST_PAUSE = 0.001
+_LONGEST_PAUSE = 0.05
+
+
+def _waiting_while_busy(busy_timeout: float) -> Callable[[Callable[[], object]], None]:
+    """Run a DBAPI call, retrying while another process holds SQLite's write lock.
+
+    The pauses are `gevent.sleep`, so the process serves its other requests meanwhile. Past
+    `busy_timeout` the error is raised as SQLite would have raised it, and the request answers
+    503 (see app/api.py).
+    """
+
+    def run(call: Callable[[], object]) -> None:
+        deadline: float | None = None
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                call()
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
+                    raise
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + busy_timeout
+                if now >= deadline:
+                    raise
+                gevent.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, _LONGEST_PAUSE)
+
+    return run
+
+
+def _wait_while_busy(engine: Engine, busy_timeout: float) -> None:
+    run = _waiting_while_busy(busy_timeout)
+
+    def do_execute(cursor: Any, statement: str, parameters: Any, _context: Any) -> bool:
+        run(lambda: cursor.execute(statement, parameters))
+        return True  # executed: SQLAlchemy must not run it again
+
+    def do_executemany(cursor: Any, statement: str, parameters: Any, _context: Any) -> bool:
+        run(lambda: cursor.executemany(statement, parameters))
+        return True
+
+    def do_execute_no_params(cursor: Any, statement: str, _context: Any) -> bool:
+        run(lambda: cursor.execute(statement))
+        return True
+
+    event.listen(engine, "do_execute", do_execute)
+    event.listen(engine, "do_executemany", do_executemany)
+    event.listen(engine, "do_execute_no_params", do_execute_no_params)
 
 
 def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) -> Engine:
@@ -77,7 +132,8 @@ def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) 
             if directory:
                 os.makedirs(directory, exist_ok=True)
         engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _sqlite_configurer(busy_timeout))
+        event.listen(engine, "connect", _sqlite_configurer)
+        _wait_while_busy(engine, busy_timeout)
         return engine
     if url.drivername == "postgresql":
         # A bare postgresql:// URL gets pg8000: it is pure Python, so under gevent its socket

@@ -19,18 +19,18 @@ from typing import Any
 import gevent
 from sqlalchemy.orm import Session
 
-from app.config import BASELINE_MODE, DISPATCH_MODES
+from app.config import BASELINE_MODE
 from app.jobs import EmailJob, Job, SmsJob, job_from_dict
-from app.ledger import mark_attempt_failed, mark_queued, mark_sent, mark_skipped
+from app.ledger import InlineOutcome, QueuedMarker, record_inline_sends
 from app.messaging import Publisher, PublishError
+from app.metrics import PUBLISH_FAILURES
 from app.models import Notification
 from app.senders import PermanentSendError, Sender, SendError
 
 log = logging.getLogger(__name__)
 
 
-class UnknownMode(ValueError):
-    pass
+BASELINE_ERROR = "benchmark baseline: not sent"
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,13 @@ class Dispatcher:
         sms_sender: Sender[SmsJob],
         publisher: Publisher,
         publish_timeout: float,
+        queued_marker: QueuedMarker,
     ) -> None:
         self.email_sender = email_sender
         self.sms_sender = sms_sender
         self.publisher = publisher
         self.publish_timeout = publish_timeout
+        self.queued_marker = queued_marker
         self._modes: dict[str, Callable[[Session, list[Notification]], dict[str, float]]] = {
             "serial": self.dispatch_serial,
             "parallel": self.dispatch_parallel,
@@ -60,12 +62,20 @@ class Dispatcher:
             BASELINE_MODE: self.dispatch_nothing,
         }
 
+    @staticmethod
+    def initial_status(mode: str) -> tuple[str, str | None]:
+        """The status (and note) a mode's rows are written with, decided before the commit."""
+        if mode == BASELINE_MODE:
+            return "skipped", BASELINE_ERROR
+        return "pending", None
+
     def dispatch(
         self, mode: str, session: Session, notifications: list[Notification]
     ) -> dict[str, float]:
-        """Hand the notifications off in `mode`; return the time each step took, in ms."""
-        if mode not in self._modes:
-            raise UnknownMode(f"mode must be one of {', '.join(DISPATCH_MODES)}")
+        """Hand the notifications off in `mode`; return the time each step took, in ms.
+
+        `mode` was checked by the caller (app/registration.py) against the modes it allows.
+        """
         return self._modes[mode](session, notifications)
 
     def _send(self, notification: Notification) -> SendOutcome:
@@ -81,29 +91,28 @@ class Dispatcher:
     def _sender_for(self, job: Job) -> Any:
         return self.email_sender if isinstance(job, EmailJob) else self.sms_sender
 
-    def _record(self, session: Session, outcome: SendOutcome) -> None:
-        if outcome.error is None:
-            mark_sent(session, outcome.notification)
-            return
-        log.warning(
-            "inline %s send failed: %s",
-            outcome.notification.channel,
-            outcome.error,
-            extra={"notification_id": outcome.notification.id},
-        )
-        # Worth another try: leave it pending and the outbox relay queues it.
-        status = "failed" if isinstance(outcome.error, PermanentSendError) else "pending"
-        mark_attempt_failed(session, outcome.notification, str(outcome.error), status=status)
+    def _record(self, session: Session, outcomes: list[SendOutcome]) -> dict[str, float]:
+        recorded = []
+        for outcome in outcomes:
+            if outcome.error is None:
+                recorded.append(InlineOutcome(outcome.notification))
+                continue
+            log.warning(
+                "inline %s send failed: %s",
+                outcome.notification.channel,
+                outcome.error,
+                extra={"notification_id": outcome.notification.id},
+            )
+            # Worth another try: leave it pending and the outbox relay queues it.
+            status = "failed" if isinstance(outcome.error, PermanentSendError) else "pending"
+            recorded.append(InlineOutcome(outcome.notification, str(outcome.error), status))
+        record_inline_sends(session, recorded)
+        return {outcome.notification.channel: outcome.elapsed_ms for outcome in outcomes}
 
     def dispatch_serial(
         self, session: Session, notifications: list[Notification]
     ) -> dict[str, float]:
-        timings: dict[str, float] = {}
-        for notification in notifications:
-            outcome = self._send(notification)
-            timings[notification.channel] = outcome.elapsed_ms
-            self._record(session, outcome)
-        return timings
+        return self._record(session, [self._send(n) for n in notifications])
 
     def dispatch_parallel(
         self, session: Session, notifications: list[Notification]
@@ -112,18 +121,12 @@ class Dispatcher:
         # the request's greenlet, which records both outcomes.
         greenlets = [gevent.spawn(self._send, n) for n in notifications]
         gevent.joinall(greenlets, raise_error=True)
-        timings: dict[str, float] = {}
-        for greenlet in greenlets:
-            outcome: SendOutcome = greenlet.value
-            timings[outcome.notification.channel] = outcome.elapsed_ms
-            self._record(session, outcome)
-        return timings
+        return self._record(session, [greenlet.value for greenlet in greenlets])
 
     def dispatch_nothing(
         self, session: Session, notifications: list[Notification]
     ) -> dict[str, float]:
-        """The benchmark's insert-only baseline: close the outbox rows without sending."""
-        mark_skipped(session, notifications)
+        """The benchmark's insert-only baseline: the rows were written `skipped`."""
         return {}
 
     def dispatch_queued(
@@ -135,8 +138,9 @@ class Dispatcher:
             self.publisher.publish(jobs, timeout=self.publish_timeout)
         except PublishError as exc:
             # The rows are committed and pending: the relay publishes them when it can.
+            PUBLISH_FAILURES.inc()
             log.warning("publish failed, leaving the jobs to the outbox relay: %s", exc)
             return {"publish": (time.perf_counter() - started) * 1000}
         timings = {"publish": (time.perf_counter() - started) * 1000}
-        mark_queued(session, notifications)
+        self.queued_marker.mark(notifications)
         return timings

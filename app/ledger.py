@@ -6,97 +6,208 @@ and by the consumers, so every mode leaves the same trace. Each function commits
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, update
-from sqlalchemy.orm import Session
+import gevent
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app.db import session_scope
 from app.models import Notification, utcnow
+
+log = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 1000
 
 
 def mark_queued(session: Session, notifications: Sequence[Notification]) -> None:
-    # Only pending rows: a fast consumer may already have marked the row sent.
-    now = utcnow()
-    session.execute(
-        update(Notification)
-        .where(
-            Notification.id.in_([n.id for n in notifications]),
-            Notification.status == "pending",
-        )
-        .values(status="queued", queued_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    # Tell the loaded objects, without a SELECT per row (this is on the request's path).
+    """Mark rows the broker confirmed as queued, in one UPDATE (the relay's batches)."""
+    mark_queued_ids(session, [n.id for n in notifications])
     for notification in notifications:
         if notification.status == "pending":
             set_committed_value(notification, "status", "queued")
-            set_committed_value(notification, "queued_at", now)
 
 
-def mark_skipped(session: Session, notifications: Sequence[Notification]) -> None:
-    # Same shape of work as mark_queued (one UPDATE, one commit), so the baseline is fair.
+def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
+    # Only pending rows: a fast consumer may already have marked the row sent.
     session.execute(
         update(Notification)
-        .where(
-            Notification.id.in_([n.id for n in notifications]),
-            Notification.status == "pending",
-        )
-        .values(status="skipped", last_error="benchmark baseline: not sent")
+        .where(Notification.id.in_(notification_ids), Notification.status == "pending")
+        .values(status="queued", queued_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    for notification in notifications:
-        set_committed_value(notification, "status", "skipped")
-        set_committed_value(notification, "last_error", "benchmark baseline: not sent")
+
+
+class QueuedMarker:
+    """Marks the rows the broker confirmed `queued`, in batches, off the request's path.
+
+    A confirmed publish leaves its rows `pending` for up to `interval` seconds; one UPDATE then
+    marks every row confirmed meanwhile. That costs one small transaction per batch instead of
+    one per registration. Nothing depends on the mark but the relay, which leaves a pending row
+    alone for RELAY_GRACE_SECONDS: a mark lost with its process only means the relay publishes
+    those jobs again, and the consumers' ledger check keeps that from sending anything twice.
+    With `interval` 0 the rows are marked at once, in the caller's greenlet.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], *, interval: float) -> None:
+        self.sessions = sessions
+        self.interval = interval
+        self._ids: list[str] = []
+        self._flusher: gevent.Greenlet[[], None] | None = None
+
+    def mark(self, notifications: Sequence[Notification]) -> None:
+        for notification in notifications:
+            notification.status = "queued"  # what the response shows; the row follows
+        self._ids.extend(n.id for n in notifications)
+        if self.interval <= 0:
+            self.flush()
+        elif self._flusher is None:
+            self._flusher = gevent.spawn_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        self._flusher = None
+        ids, self._ids = self._ids, []
+        if not ids:
+            return
+        try:
+            with session_scope(self.sessions) as session:
+                mark_queued_ids(session, ids)
+        except SQLAlchemyError as exc:
+            log.warning(
+                "could not mark %d confirmed rows queued (the relay will publish them again): %s",
+                len(ids),
+                exc,
+            )
+
+    def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.kill(block=False)
+        self.flush()
+
+
+def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> None:
+    """Record the request's own sends (serial and parallel modes) in one transaction."""
+    now = utcnow()
+    for outcome in outcomes:
+        notification = outcome.notification
+        values: dict[str, object]
+        if outcome.error is None:
+            values = {"status": "sent", "sent_at": now, "last_error": None}
+        else:
+            values = {
+                "status": outcome.retry_status,
+                "last_error": outcome.error[:MAX_ERROR_LENGTH],
+            }
+        session.execute(
+            update(Notification)
+            .where(Notification.id == notification.id)
+            .values(attempts=Notification.attempts + 1, send_lease_until=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        for name, value in values.items():
+            setattr(notification, name, value)
+        notification.attempts = (notification.attempts or 0) + 1
+    session.commit()
+
+
+@dataclass(frozen=True)
+class InlineOutcome:
+    notification: Notification
+    # None when the server accepted the message; otherwise what went wrong, and the status the
+    # row is left in: "pending" (the relay tries again) or "failed".
+    error: str | None = None
+    retry_status: str = "pending"
 
 
 def take_send_lease(session: Session, notification: Notification, seconds: float) -> bool:
     """Claim the right to send this notification now; False if another consumer holds it."""
+    leased = take_send_leases(session, [notification.id], seconds)
+    session.commit()
+    return notification.id in leased
+
+
+def take_send_leases(
+    session: Session, notification_ids: Sequence[str], seconds: float
+) -> dict[str, int]:
+    """Lease every unsent, unleased row of these in one UPDATE; {id: attempts} of those leased.
+
+    The caller commits. A row already sent, or leased by another consumer whose lease has not
+    run out, is left alone and not returned.
+    """
     now = utcnow()
-    until = now + timedelta(seconds=seconds)
-    result = session.execute(
+    rows = session.execute(
         update(Notification)
         .where(
-            Notification.id == notification.id,
+            Notification.id.in_(notification_ids),
             Notification.status != "sent",
             or_(Notification.send_lease_until.is_(None), Notification.send_lease_until < now),
         )
-        .values(send_lease_until=until)
+        .values(send_lease_until=now + timedelta(seconds=seconds))
+        .returning(Notification.id, Notification.attempts)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
-    if getattr(result, "rowcount", 0) != 1:
-        return False
-    # Tell the loaded object what the UPDATE wrote, so clearing the lease later is a change.
-    set_committed_value(notification, "send_lease_until", until)
-    return True
+    return {notification_id: attempts for notification_id, attempts in rows}
 
 
-def mark_sent(session: Session, notification: Notification) -> None:
-    notification.send_lease_until = None
-    notification.status = "sent"
-    notification.attempts += 1
-    notification.sent_at = utcnow()
-    notification.last_error = None
-    session.commit()
+def notification_statuses(session: Session, notification_ids: Sequence[str]) -> dict[str, str]:
+    rows = session.execute(
+        select(Notification.id, Notification.status).where(Notification.id.in_(notification_ids))
+    )
+    return {notification_id: status for notification_id, status in rows}
 
 
-def mark_attempt_failed(
-    session: Session, notification: Notification, error: str, *, status: str
-) -> None:
-    """Record a failed attempt and the status it leaves the row in.
+@dataclass(frozen=True)
+class Failure:
+    notification_id: str
+    error: str
+    # "failed": no retry follows. "queued": a retry is scheduled through the broker.
+    status: str
 
-    `failed`: no retry follows. `queued`: a retry is scheduled through the broker. `pending`:
-    the outbox relay will publish it (an inline send in serial or parallel mode that failed for
-    a reason worth retrying).
-    """
-    notification.attempts += 1
-    notification.last_error = error[:MAX_ERROR_LENGTH]
-    notification.status = status
-    notification.send_lease_until = None
+
+_RECORD_FAILURE = (
+    update(Notification)
+    .where(Notification.id == bindparam("failed_id"))
+    .values(
+        attempts=Notification.attempts + 1,
+        status=bindparam("new_status"),
+        last_error=bindparam("error"),
+        send_lease_until=None,
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
+def record_sends(session: Session, sent_ids: Sequence[str], failures: Sequence[Failure]) -> None:
+    """Record the results of a batch of sends in one transaction, and commit."""
+    if sent_ids:
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_(sent_ids))
+            .values(
+                status="sent",
+                attempts=Notification.attempts + 1,
+                sent_at=utcnow(),
+                last_error=None,
+                send_lease_until=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    if failures:
+        session.connection().execute(
+            _RECORD_FAILURE,
+            [
+                {
+                    "failed_id": failure.notification_id,
+                    "new_status": failure.status,
+                    "error": failure.error[:MAX_ERROR_LENGTH],
+                }
+                for failure in failures
+            ],
+        )
     session.commit()

@@ -24,3 +24,9 @@ PUBLISH_FAILURES = Counter(
     "Publishes that failed or timed out; their jobs were left to the outbox relay.",
     registry=REGISTRY,
 )
+HUB_BLOCKS = Counter(
+    "offload_hub_blocks_total",
+    "Times gevent's monitor thread found the event loop held longer than HUB_BLOCK_REPORT_MS "
+    "by one greenlet (every other request of the process waited meanwhile).",
+    registry=REGISTRY,
+)

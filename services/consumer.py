@@ -1,9 +1,13 @@
 """The consume loop: one process per job type, many sends at once, acks after the work.
 
 Threading model (under gevent): the main greenlet owns the pika connection and both channels
-and is the only one that touches them. Deliveries go onto a local queue that `concurrency`
-worker greenlets drain; a worker hands its verdict back with `add_callback_threadsafe`, which
-wakes the main greenlet to ack, schedule a retry, or park the message.
+and is the only one that touches them. Deliveries go onto a local queue. A claiming greenlet
+takes everything waiting there and claims it in one transaction, then starts one greenlet per
+send (at most `concurrency` at once). A recording greenlet takes every finished send and
+records them in one transaction. Under load both batches grow by themselves, so the ledger
+costs a fraction of a millisecond per job; with one job at a time it is one claim and one
+record. Verdicts go back with `add_callback_threadsafe`, which wakes the main greenlet to
+schedule retries, park, and ack (one frame for a run of deliveries where it can).
 
 Shutdown is two-step: the first SIGTERM cancels the subscription, requeues what was delivered
 but not started, lets in-flight sends finish (bounded) and exits 0; a second exits at once (the
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import gevent.lock
 import gevent.queue
 import pika
 import pika.exceptions
@@ -29,9 +34,19 @@ from pika.spec import Basic, BasicProperties
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs import PARKED_EXCHANGE, retry_queue, work_queue
-from app.senders import Sender
+from app.senders import Sender, TransientSendError
 from app.topology import connection_parameters, declare_topology
-from services.handlers import Ack, Park, Retry, RetryPolicy, Verdict, handle_message
+from services.handlers import (
+    Claim,
+    Park,
+    Retry,
+    RetryPolicy,
+    SendResult,
+    Verdict,
+    claim_batch,
+    record_batch,
+    send_claimed,
+)
 from services.metrics import JOB_SECONDS, JOBS
 
 log = logging.getLogger(__name__)
@@ -72,6 +87,10 @@ class Consumer:
         self.queue_type = queue_type
         self.params = connection_parameters(amqp_url, name=f"offload-consumer-{channel}")
         self._work: gevent.queue.Queue[Delivery] = gevent.queue.Queue()
+        self._results: gevent.queue.Queue[tuple[Delivery, SendResult]] = gevent.queue.Queue()
+        self._send_slots = gevent.lock.BoundedSemaphore(concurrency)
+        # Delivery tags received on the current connection and not yet acked or nacked.
+        self._unsettled: set[int] = set()
         self._in_flight = 0
         self._stopping = False
         # Bumped on every reconnect: a verdict for a delivery from an older connection is
@@ -93,7 +112,7 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until stopped, reconnecting with capped backoff when the broker goes away."""
-        workers = [gevent.spawn(self._worker) for _ in range(self.concurrency)]
+        workers = [gevent.spawn(self._claim_loop), gevent.spawn(self._record_loop)]
         backoff = RECONNECT_BACKOFF_START
         try:
             while not self._stopping:
@@ -144,6 +163,7 @@ class Consumer:
             self._consume_channel.basic_cancel(self._consumer_tag)
         while not self._work.empty():
             delivery = self._work.get_nowait()
+            self._unsettled.discard(delivery.delivery_tag)
             self._consume_channel.basic_nack(delivery.delivery_tag, requeue=True)
         deadline = time.monotonic() + DRAIN_SECONDS
         while self._in_flight and time.monotonic() < deadline:
@@ -152,6 +172,7 @@ class Consumer:
 
     def _forget_connection(self) -> None:
         self._connection = self._consume_channel = self._publish_channel = None
+        self._unsettled.clear()
         # Deliveries not yet started belong to the dead connection: the broker redelivers them.
         while not self._work.empty():
             self._work.get_nowait()
@@ -173,77 +194,133 @@ class Consumer:
         properties: BasicProperties,
         body: bytes,
     ) -> None:
+        self._unsettled.add(method.delivery_tag)
         self._work.put(Delivery(self._generation, method.delivery_tag, body, properties))
 
-    def _worker(self) -> None:
+    def _claim_loop(self) -> None:
+        """Take every delivery waiting, claim them in one transaction, start their sends."""
         while True:
-            delivery = self._work.get()
-            self._in_flight += 1
+            batch = [self._work.get()]
+            while len(batch) < self.prefetch and not self._work.empty():
+                batch.append(self._work.get_nowait())
+            self._in_flight += len(batch)
             try:
-                verdict = self._decide(delivery)
-            finally:
-                self._in_flight -= 1
-            connection = self._connection
-            if connection is None or delivery.generation != self._generation:
-                continue
-            try:
-                connection.add_callback_threadsafe(
-                    functools.partial(self._settle, delivery, verdict)
+                decided = claim_batch(
+                    [delivery.body for delivery in batch],
+                    channel=self.channel_name,
+                    sessions=self.sessions,
+                    policy=self.policy,
                 )
-            except (pika.exceptions.AMQPError, OSError):
-                log.debug("connection gone before settling; the broker redelivers", exc_info=True)
+            except Exception as exc:
+                log.exception("claiming %d %s jobs failed", len(batch), self.channel_name)
+                retry = Retry(self.policy.delay_after(1), f"unexpected error: {exc!r}")
+                decided = [retry] * len(batch)
+            settled_now: list[tuple[Delivery, Verdict]] = []
+            for delivery, decision in zip(batch, decided, strict=True):
+                if isinstance(decision, Claim):
+                    self._send_slots.acquire()
+                    gevent.spawn(self._send, delivery, decision)
+                else:
+                    settled_now.append((delivery, decision))
+            if settled_now:
+                self._hand_over(settled_now)
 
-    def _decide(self, delivery: Delivery) -> Verdict:
-        with JOB_SECONDS.labels(self.channel_name).time():
-            return self._handle(delivery)
-
-    def _handle(self, delivery: Delivery) -> Verdict:
+    def _send(self, delivery: Delivery, claim: Claim) -> None:
         try:
-            return handle_message(
-                delivery.body,
-                channel=self.channel_name,
-                sender=self.sender,
-                sessions=self.sessions,
-                policy=self.policy,
-            )
+            with JOB_SECONDS.labels(self.channel_name).time():
+                result = send_claimed(claim, self.sender)
         except Exception as exc:
-            log.exception("handling a %s job failed unexpectedly", self.channel_name)
-            return Retry(self.policy.delay_after(1), f"unexpected error: {exc!r}")
+            # Counted as an attempt like any other failure: nothing retries for ever.
+            log.exception("sending a %s job failed unexpectedly", self.channel_name)
+            result = SendResult(claim, TransientSendError(f"unexpected error: {exc!r}"))
+        finally:
+            self._send_slots.release()
+        self._results.put((delivery, result))
 
-    def _settle(self, delivery: Delivery, verdict: Verdict) -> None:
-        """Runs on the main greenlet: carry out a verdict, then ack the delivery."""
-        if delivery.generation != self._generation or self._consume_channel is None:
+    def _record_loop(self) -> None:
+        """Record every finished send in one transaction, then hand the verdicts over."""
+        while True:
+            finished = [self._results.get()]
+            while not self._results.empty():
+                finished.append(self._results.get_nowait())
+            try:
+                verdicts: list[Verdict] = record_batch(
+                    [result for _delivery, result in finished],
+                    sessions=self.sessions,
+                    policy=self.policy,
+                )
+            except Exception as exc:
+                # Not recorded: the message comes back after the delay, by when the send lease
+                # has run out, and the ledger decides again.
+                log.exception("recording %d %s results failed", len(finished), self.channel_name)
+                retry = Retry(self.policy.delay_after(1), f"could not record the result: {exc!r}")
+                verdicts = [retry] * len(finished)
+            self._hand_over(
+                [
+                    (delivery, verdict)
+                    for (delivery, _result), verdict in zip(finished, verdicts, strict=True)
+                ]
+            )
+
+    def _hand_over(self, settled: list[tuple[Delivery, Verdict]]) -> None:
+        """Pass verdicts to the main greenlet, which alone may touch the channels."""
+        self._in_flight -= len(settled)
+        connection = self._connection
+        current = [pair for pair in settled if pair[0].generation == self._generation]
+        if connection is None or not current:
+            return  # from an older connection: the broker redelivers those
+        try:
+            connection.add_callback_threadsafe(functools.partial(self._settle, current))
+        except (pika.exceptions.AMQPError, OSError):
+            log.debug("connection gone before settling; the broker redelivers", exc_info=True)
+
+    def _settle(self, settled: list[tuple[Delivery, Verdict]]) -> None:
+        """Runs on the main greenlet: carry out the verdicts, then ack the deliveries."""
+        if self._consume_channel is None:
+            return
+        current = [pair for pair in settled if pair[0].generation == self._generation]
+        if not current:
             return
         assert self._publish_channel is not None
-        if isinstance(verdict, Retry):
-            self._publish_channel.basic_publish(
-                "",
-                routing_key=retry_queue(self.channel_name, verdict.delay_ms),
-                body=delivery.body,
-                properties=_with_headers(
-                    delivery.properties, {"x-offload-last-error": verdict.reason[:500]}
-                ),
-            )
-        elif isinstance(verdict, Park):
-            log.warning("parking a %s job: %s", self.channel_name, verdict.reason)
-            self._publish_channel.basic_publish(
-                PARKED_EXCHANGE,
-                routing_key=self.channel_name,
-                body=delivery.body,
-                properties=_with_headers(
-                    delivery.properties,
-                    {
-                        "x-offload-reason": verdict.reason[:500],
-                        "x-offload-parked-at": int(time.time()),
-                    },
-                ),
-            )
-        # Ack only after the retry or parked copy is confirmed: a crash in between leaves the
-        # original to be redelivered, never lost.
-        self._consume_channel.basic_ack(delivery.delivery_tag)
-        JOBS.labels(self.channel_name, _outcome(verdict)).inc()
-        if isinstance(verdict, Ack):
-            log.debug("%s job done: %s", self.channel_name, verdict.reason)
+        for delivery, verdict in current:
+            if isinstance(verdict, Retry):
+                self._publish_channel.basic_publish(
+                    "",
+                    routing_key=retry_queue(self.channel_name, verdict.delay_ms),
+                    body=delivery.body,
+                    properties=_with_headers(
+                        delivery.properties, {"x-offload-last-error": verdict.reason[:500]}
+                    ),
+                )
+            elif isinstance(verdict, Park):
+                log.warning("parking a %s job: %s", self.channel_name, verdict.reason)
+                self._publish_channel.basic_publish(
+                    PARKED_EXCHANGE,
+                    routing_key=self.channel_name,
+                    body=delivery.body,
+                    properties=_with_headers(
+                        delivery.properties,
+                        {
+                            "x-offload-reason": verdict.reason[:500],
+                            "x-offload-parked-at": int(time.time()),
+                        },
+                    ),
+                )
+            JOBS.labels(self.channel_name, _outcome(verdict)).inc()
+        # Ack only after the retry or parked copies are confirmed: a crash in between leaves
+        # the originals to be redelivered, never lost.
+        self._ack([delivery.delivery_tag for delivery, _verdict in current])
+
+    def _ack(self, tags: list[int]) -> None:
+        """Ack these deliveries: with one frame when no older delivery is still unsettled."""
+        assert self._consume_channel is not None
+        self._unsettled.difference_update(tags)
+        highest = max(tags)
+        if not self._unsettled or highest < min(self._unsettled):
+            self._consume_channel.basic_ack(highest, multiple=True)
+            return
+        for tag in tags:
+            self._consume_channel.basic_ack(tag)
 
 
 def _outcome(verdict: Verdict) -> str:

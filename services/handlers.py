@@ -1,23 +1,26 @@
-"""What a consumer does with one message, decided without touching the broker.
+"""What a consumer does with its messages, decided without touching the broker.
 
-`handle_message` returns a verdict (ack, retry later, park) and the consumer loop carries it
-out. Keeping this pure of pika makes every branch testable with an in-memory database and a
-recording sender.
+A batch of messages goes through three steps: `claim_batch` (one transaction: which jobs to
+send now, and a verdict for the others), `send_claimed` (one per job, concurrently), and
+`record_batch` (one transaction: the ledger records every result and each message gets its
+verdict: ack, retry later, or park). The consumer loop carries the verdicts out. Keeping this
+pure of pika makes every branch testable with a real database and a recording sender;
+`handle_message` runs one message through the same three steps.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
-from app.jobs import MalformedJob, decode_job
-from app.ledger import mark_attempt_failed, mark_sent, take_send_lease
-from app.models import Notification
-from app.senders import PermanentSendError, Sender, TransientSendError
+from app.jobs import Job, MalformedJob, decode_job
+from app.ledger import Failure, notification_statuses, record_sends, take_send_leases
+from app.senders import PermanentSendError, Sender, SendError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,119 @@ class RetryPolicy:
         return self.delays_ms[min(attempts, len(self.delays_ms)) - 1]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A job this consumer holds the send lease for: send it, then record the result."""
+
+    job: Job
+    attempts: int  # failed tries before this one
+
+
+@dataclass(frozen=True)
+class SendResult:
+    claim: Claim
+    error: SendError | None  # None: the server accepted the message
+
+
+def claim_batch(
+    bodies: Sequence[bytes],
+    *,
+    channel: str,
+    sessions: sessionmaker[Session],
+    policy: RetryPolicy,
+) -> list[Claim | Verdict]:
+    """Decide, for each message body, whether to send it now or what else to do with it.
+
+    One transaction for the whole batch: an `UPDATE ... RETURNING` takes the send lease on
+    every row that is not sent and not leased by another consumer, and returns the attempts
+    so far. Only the rows it did not return need a second look (a SELECT), to tell a
+    redelivery of a sent job (ack) from a job being sent elsewhere (retry later) from a row
+    that does not exist (park).
+    """
+    decided: list[Claim | Verdict | None] = [None] * len(bodies)
+    wanted: dict[str, list[tuple[int, Job]]] = {}
+    for index, body in enumerate(bodies):
+        try:
+            job = decode_job(body)
+        except MalformedJob as exc:
+            decided[index] = Park(f"malformed job: {exc}")
+            continue
+        if job.kind != channel:
+            decided[index] = Park(f"a {job.kind} job on the {channel} queue")
+            continue
+        wanted.setdefault(job.notification_id, []).append((index, job))
+    if wanted:
+        with session_scope(sessions) as session:
+            leased = take_send_leases(session, list(wanted), policy.send_lease_seconds)
+            missing = [
+                notification_id for notification_id in wanted if notification_id not in leased
+            ]
+            statuses = notification_statuses(session, missing) if missing else {}
+            session.commit()
+        for notification_id, copies in wanted.items():
+            first_index, first_job = copies[0]
+            if notification_id in leased:
+                decided[first_index] = Claim(first_job, leased[notification_id])
+                # Two copies of one job in one batch: the first is sent, the others look again
+                # later, by when the ledger says sent.
+                for index, _job in copies[1:]:
+                    decided[index] = Retry(policy.delays_ms[0], "another copy is being sent")
+                continue
+            verdict = _not_claimed(notification_id, statuses.get(notification_id), policy)
+            for index, _job in copies:
+                decided[index] = verdict
+    return [verdict for verdict in decided if verdict is not None]
+
+
+def _not_claimed(notification_id: str, status: str | None, policy: RetryPolicy) -> Verdict:
+    if status is None:
+        return Park(f"unknown notification {notification_id}")
+    if status == "sent":
+        # A redelivery (consumer died before its ack, broker restart): the ledger says it
+        # already went out, so it must not go out twice.
+        return Ack("already sent")
+    # Another copy of this job is being sent right now: look again after a pause, by which
+    # time the ledger says sent (ack) or the lease ran out (send).
+    return Retry(policy.delays_ms[0], "another consumer is sending this notification")
+
+
+def send_claimed(claim: Claim, sender: Sender[Any]) -> SendResult:
+    try:
+        sender.send(claim.job)
+    except SendError as exc:
+        return SendResult(claim, exc)
+    return SendResult(claim, None)
+
+
+def record_batch(
+    results: Sequence[SendResult], *, sessions: sessionmaker[Session], policy: RetryPolicy
+) -> list[Verdict]:
+    """Record every send's result in one transaction; return the verdict for each message."""
+    verdicts: list[Verdict] = []
+    sent: list[str] = []
+    failures: list[Failure] = []
+    for result in results:
+        notification_id = result.claim.job.notification_id
+        error = result.error
+        if error is None:
+            sent.append(notification_id)
+            verdicts.append(Ack("sent"))
+            continue
+        attempts = result.claim.attempts + 1
+        if isinstance(error, PermanentSendError):
+            failures.append(Failure(notification_id, str(error), "failed"))
+            verdicts.append(Park(f"permanent failure: {error}"))
+        elif attempts >= policy.max_attempts:
+            failures.append(Failure(notification_id, str(error), "failed"))
+            verdicts.append(Park(f"gave up after {attempts} attempts: {error}"))
+        else:
+            failures.append(Failure(notification_id, str(error), "queued"))
+            verdicts.append(Retry(policy.delay_after(attempts), str(error)))
+    with session_scope(sessions) as session:
+        record_sends(session, sent, failures)
+    return verdicts
+
+
 def handle_message(
     body: bytes,
     *,
@@ -60,35 +176,8 @@ def handle_message(
     sessions: sessionmaker[Session],
     policy: RetryPolicy,
 ) -> Verdict:
-    try:
-        job = decode_job(body)
-    except MalformedJob as exc:
-        return Park(f"malformed job: {exc}")
-    if job.kind != channel:
-        return Park(f"a {job.kind} job on the {channel} queue")
-
-    with session_scope(sessions) as session:
-        notification = session.get(Notification, job.notification_id)
-        if notification is None:
-            return Park(f"unknown notification {job.notification_id}")
-        if notification.status == "sent":
-            # A redelivery (consumer died before its ack, broker restart): the ledger says it
-            # already went out, so it must not go out twice.
-            return Ack("already sent")
-        if not take_send_lease(session, notification, policy.send_lease_seconds):
-            # Another copy of this job is being sent right now: look again after a pause,
-            # by which time the ledger says sent (ack) or the lease ran out (send).
-            return Retry(policy.delays_ms[0], "another consumer is sending this notification")
-        try:
-            sender.send(job)
-        except PermanentSendError as exc:
-            mark_attempt_failed(session, notification, str(exc), status="failed")
-            return Park(f"permanent failure: {exc}")
-        except TransientSendError as exc:
-            if notification.attempts + 1 >= policy.max_attempts:
-                mark_attempt_failed(session, notification, str(exc), status="failed")
-                return Park(f"gave up after {notification.attempts} attempts: {exc}")
-            mark_attempt_failed(session, notification, str(exc), status="queued")
-            return Retry(policy.delay_after(notification.attempts), str(exc))
-        mark_sent(session, notification)
-        return Ack("sent")
+    """One message through the same steps as a batch: claim, send, record."""
+    decided = claim_batch([body], channel=channel, sessions=sessions, policy=policy)[0]
+    if not isinstance(decided, Claim):
+        return decided
+    return record_batch([send_claimed(decided, sender)], sessions=sessions, policy=policy)[0]

@@ -4,12 +4,18 @@ The wire contract: `POST SMS_GATEWAY_URL` with JSON `{"to": "+E164", "body": ...
 ...}`, the key being the notification id (also sent as the `Idempotency-Key` header) so a gateway
 that honours it never sends twice, even when a timed-out request did reach it. 2xx is sent, 4xx a
 permanent failure (but 408, 425 and 429), 5xx or a timeout transient.
+
+The client is urllib3, the transport under `requests`: a consumer sends thousands of the same
+small POST, and requests' session, hooks and cookie handling cost about as much CPU again as the
+request itself.
 """
 
 from __future__ import annotations
 
-import requests
-from requests.adapters import HTTPAdapter
+import json
+
+import urllib3
+from urllib3.exceptions import HTTPError
 
 from app.config import Settings
 from app.jobs import SmsJob
@@ -25,31 +31,41 @@ class HttpSmsSender:
     ) -> None:
         self.gateway_url = gateway_url
         self.timeout = timeout
-        # Keep-alive to the gateway, one connection per concurrent send (requests keeps only 10
-        # by default, and opens a fresh connection for every send past that).
-        self._http = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_connections)
-        self._http.mount("http://", adapter)
-        self._http.mount("https://", adapter)
+        # Keep-alive to the gateway, one connection per concurrent send; no retries or
+        # redirects behind our back: the consumer's retry policy decides.
+        self._http = urllib3.PoolManager(
+            num_pools=2,
+            maxsize=max_connections,
+            retries=False,
+            timeout=urllib3.Timeout(total=timeout),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpSmsSender:
         return cls(settings.sms_gateway_url, timeout=settings.sms_timeout)
 
     def send(self, job: SmsJob) -> None:
-        payload = {"to": job.to, "body": job.body, "idempotency_key": job.notification_id}
+        body = json.dumps(
+            {"to": job.to, "body": job.body, "idempotency_key": job.notification_id}
+        ).encode()
         try:
-            response = self._http.post(
+            response = self._http.request(
+                "POST",
                 self.gateway_url,
-                json=payload,
-                headers={"Idempotency-Key": job.notification_id},
-                timeout=self.timeout,
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": job.notification_id,
+                },
             )
-        except requests.RequestException as exc:
+        except (HTTPError, OSError, ValueError) as exc:
+            # ValueError: a URL urllib3 cannot use (no scheme, bad port) is not worth a crash.
             raise TransientSendError(f"SMS gateway unreachable: {exc!r}") from exc
-        if 200 <= response.status_code < 300:
+        status = response.status
+        if 200 <= status < 300:
             return
-        detail = f"SMS gateway answered {response.status_code}: {response.text[:200]!r}"
-        if 400 <= response.status_code < 500 and response.status_code not in _RETRYABLE_4XX:
+        text = response.data[:200].decode("utf-8", "replace")
+        detail = f"SMS gateway answered {status}: {text!r}"
+        if 400 <= status < 500 and status not in _RETRYABLE_4XX:
             raise PermanentSendError(detail)
         raise TransientSendError(detail)

@@ -192,3 +192,19 @@ def test_a_locked_database_is_503_with_retry_after_not_500(settings, publisher, 
     assert response.json["error"] == "service_unavailable"
     assert response.headers["Retry-After"] == "1"
     register(webtest.TestApp(app))  # the lock is gone: the same registration goes through
+
+
+def publish_failures(testapp):
+    for line in testapp.get("/metrics").text.splitlines():
+        if line.startswith("offload_publish_failures_total "):
+            return float(line.split()[1])
+    raise AssertionError("offload_publish_failures_total is not exported")
+
+
+def test_a_failed_publish_is_counted(testapp, publisher):
+    before = publish_failures(testapp)
+    register(testapp)  # published: not a failure
+    assert publish_failures(testapp) == before
+    publisher.fail_with = BrokerUnavailable("connection refused")
+    register(testapp, {**ADA, "email": "bob@example.com", "phone": "+16502530001"})
+    assert publish_failures(testapp) == before + 1
