@@ -38,7 +38,7 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
     consumer = Consumer(
         channel=channel,
         amqp_url=settings.amqp_url,
-        sender=sender,  # type: ignore[arg-type]
+        sender=sender,
         sessions=make_session_factory(
             make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
         ),
