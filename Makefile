@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: run test check bench soak lock clean rabbitmq chromium postgresql deps
+.PHONY: run test check wheel-check bench soak lock clean rabbitmq chromium postgresql deps
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ test: deps
 
 check: deps
 	scripts/check
+
+# Build the wheel, install it with requirements.lock into a fresh venv outside the repository,
+# and run it from there: every console script, a migration, one registration (CI runs this).
+wheel-check: deps
+	$(BIN)/python scripts/wheel_check.py
 
 bench: deps rabbitmq
 	$(BIN)/python -m bench $(BENCH_ARGS)
