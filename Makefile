@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: run test check bench soak lock clean rabbitmq chromium postgresql deps
+.PHONY: run test check wheel-check bench soak lock clean rabbitmq chromium postgresql deps
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	@# The project itself cannot be hash-checked (it is built here): no deps, all came above.
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
@@ -54,16 +55,24 @@ test: deps
 check: deps
 	scripts/check
 
+# Build the wheel, install it with requirements.lock into a fresh venv outside the repository,
+# and run it from there: every console script, a migration, one registration (CI runs this).
+wheel-check: deps
+	$(BIN)/python scripts/wheel_check.py
+
 bench: deps rabbitmq
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 soak: deps rabbitmq
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
-# Regenerate the lock files from pyproject.toml (needs uv: pip install uv).
-lock:
-	uv pip compile pyproject.toml --python-version 3.11 -q -o requirements.lock
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 -q -o requirements-dev.lock
+# Regenerate the lock files from pyproject.toml, with hashes (uv comes with the dev extra).
+# The production lock is constrained by the dev one, so both pin the same versions.
+lock: deps
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes \
+	  -q -o requirements-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes \
+	  -c requirements-dev.lock -q -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

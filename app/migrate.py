@@ -1,18 +1,31 @@
-"""Run Alembic from code (tests, `make run`, the Procfile's release step)."""
+"""Run Alembic from code: `offload-migrate` / `python -m app.migrate`, the tests, `make run`.
+
+The scripts live in the `migrations` package, located through the import system, so this works
+from an installed wheel as well as from the repository. The repository's `alembic` command line
+reads the same folder through `[tool.alembic]` in pyproject.toml.
+"""
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
+from importlib.resources import files
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from app.config import load_settings_or_exit
+
+
+def migrations_dir() -> Path:
+    # A regular package on disk (wheels install unzipped), so its folder is a real path.
+    return Path(str(files("migrations")))
 
 
 def alembic_config(database_url: str | None = None) -> Config:
-    config = Config(toml_file=os.path.join(PROJECT_ROOT, "pyproject.toml"))
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
     if database_url:
         config.attributes["database_url"] = database_url
     return config
@@ -22,9 +35,16 @@ def upgrade(database_url: str | None = None, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def main() -> None:
-    upgrade(revision=sys.argv[1] if len(sys.argv) > 1 else "head")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Apply the database migrations to DATABASE_URL (the release step)."
+    )
+    parser.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    args = parser.parse_args(argv)
+    settings = load_settings_or_exit()
+    upgrade(settings.database_url, args.revision)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

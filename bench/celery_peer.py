@@ -44,7 +44,7 @@ def make_celery(settings: Settings) -> Celery:
     )
     sender = SmtpEmailSender.from_settings(settings)
 
-    @celery.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]
+    @celery.task(name=TASK_NAME, ignore_result=True)
     def send_email(notification_id: str, to: str, subject: str, text: str) -> None:
         sender.send(EmailJob(notification_id=notification_id, to=to, subject=subject, text=text))
 

@@ -1,4 +1,5 @@
-"""Process entry points for the workers: `python -m services.workers email|sms`.
+"""Process entry points for the workers: `python -m services.workers email|sms|relay`, or the
+console scripts `offload-email`, `offload-sms`, `offload-relay`.
 
 gevent patches first, before anything imports socket or threading, so smtplib, requests and
 pika all yield to the hub and one process runs `--concurrency` sends at once.
@@ -38,7 +39,7 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
     consumer = Consumer(
         channel=channel,
         amqp_url=settings.amqp_url,
-        sender=sender,  # type: ignore[arg-type]
+        sender=sender,
         sessions=make_session_factory(
             make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
         ),
@@ -82,25 +83,50 @@ def run_relay(settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run an Offload worker process.")
-    parser.add_argument(
-        "worker", choices=["email", "sms", "relay"], help="a job type to consume, or the relay"
-    )
-    parser.add_argument("--concurrency", type=int, help="sends at once (CONSUMER_CONCURRENCY)")
-    parser.add_argument("--prefetch", type=int, help="unacked jobs held (CONSUMER_PREFETCH)")
+def main(argv: list[str] | None = None, *, worker: str | None = None) -> int:
+    """`python -m services.workers email|sms|relay`; the console scripts fix `worker`."""
+    descriptions = {
+        None: "Run an Offload worker process.",
+        "email": "Consume email jobs and send them over SMTP.",
+        "sms": "Consume SMS jobs and send them through the HTTP gateway.",
+        "relay": "Publish the outbox rows that the web process could not publish.",
+    }
+    parser = argparse.ArgumentParser(description=descriptions[worker])
+    if worker is None:
+        parser.add_argument(
+            "worker", choices=["email", "sms", "relay"], help="a job type to consume, or the relay"
+        )
+    if worker != "relay":
+        parser.add_argument("--concurrency", type=int, help="sends at once (CONSUMER_CONCURRENCY)")
+        parser.add_argument("--prefetch", type=int, help="unacked jobs held (CONSUMER_PREFETCH)")
     args = parser.parse_args(argv)
+    worker = worker or args.worker
     settings = load_settings_or_exit()
     configure_logging(settings.log_level)
     serve_metrics(settings.host, settings.metrics_port)
-    if args.worker == "relay":
+    if worker == "relay":
         return run_relay(settings)
     return run_consumer(
         settings,
-        args.worker,
+        worker,
         args.concurrency or settings.consumer_concurrency,
         args.prefetch or settings.consumer_prefetch,
     )
+
+
+def email_main() -> int:
+    """The `offload-email` console script."""
+    return main(worker="email")
+
+
+def sms_main() -> int:
+    """The `offload-sms` console script."""
+    return main(worker="sms")
+
+
+def relay_main() -> int:
+    """The `offload-relay` console script."""
+    return main(worker="relay")
 
 
 if __name__ == "__main__":
