@@ -26,6 +26,7 @@ from app.config import load_settings_or_exit, variables_set
 from app.migrate import upgrade
 from devstack import PROJECT_ROOT
 from devstack.broker_node import BrokerNodeError, RabbitNode
+from devstack.processes import terminate
 from devstack.sinks.process import SinkProcess, free_port, start_sink_process
 
 READY_TIMEOUT = 30.0
@@ -259,13 +260,7 @@ class Stack:
         process = self.processes.pop(name, None)
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        terminate(process, timeout)
         log_file = self._log_files.pop(name, None)
         if log_file is not None:
             log_file.close()
