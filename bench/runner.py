@@ -30,6 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from app.bench_results import SCHEMA
 from bench import cpu
 from bench.driver import LoadGenerator
 from bench.protocol import NOOP, LoadResult, LoadSpec
@@ -622,7 +623,7 @@ def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
 
     options_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
     return {
-        "schema": 1,
+        "schema": SCHEMA,
         "meta": {
             "started_at": started_at.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
