@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from app.bench_results import RESULTS_FILE
-from bench.runner import MODES, BenchOptions
+from bench.aggregate import MODES
+from bench.runner import BenchOptions
 
 
 def _levels(raw: str) -> tuple[int, ...]:

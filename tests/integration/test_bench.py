@@ -23,7 +23,8 @@ from app.bench_results import SCHEMA
 from app.config import Settings
 from app.messaging import InMemoryPublisher
 from app.senders import RecordingSender
-from bench.runner import MODES, BenchOptions, find_point
+from bench.aggregate import MODES, find_point
+from bench.runner import BenchOptions
 from bench.users import UserFactory, capacity
 from tests.conftest import require
 
