@@ -13,8 +13,6 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 
@@ -26,6 +24,7 @@ from app import create_app  # noqa: E402
 from app.config import load_settings_or_exit  # noqa: E402
 from app.extension import offload  # noqa: E402
 from app.hubwatch import watch_hub  # noqa: E402
+from app.shutdown import on_stop_signals  # noqa: E402
 
 log = logging.getLogger("offload.web")
 
@@ -96,15 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         log=None if not args.access_log else "default",
     )
 
-    def stop(signum: int) -> None:
-        if server.closed:
-            log.warning("second signal: exiting now")
-            os._exit(1)
-        log.info("signal %s: draining requests for up to %.0fs", signum, DRAIN_SECONDS)
+    def drain() -> None:
+        log.info("stop signal: draining requests for up to %.0fs", DRAIN_SECONDS)
         gevent.spawn(server.stop, timeout=DRAIN_SECONDS)
 
-    gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
-    gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    on_stop_signals(drain, left_behind="requests in flight are cut off")
     watch_hub(settings.hub_block_report_ms)
     server.start()
     offload(application).require_dispatcher().publisher.warm_up()

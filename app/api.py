@@ -25,6 +25,7 @@ from app.registration import (
     describe_user,
     register_and_notify,
 )
+from app.servertiming import format_server_timing
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -35,11 +36,6 @@ def error(status: int, code: str, message: str, fields: dict[str, str] | None = 
     response = jsonify(error=code, message=message, fields=fields or {})
     response.status_code = status
     return response
-
-
-def server_timing(timings_ms: dict[str, float]) -> str:
-    # The standard Server-Timing header: browsers' dev tools and curl -v show it.
-    return ", ".join(f"{step};dur={ms:.2f}" for step, ms in timings_ms.items())
 
 
 # How each verification refusal reads over HTTP. The web pages use the same statuses.
@@ -94,7 +90,7 @@ def create_user() -> Response:
     response = jsonify(user=describe_user(registered.user), mode=mode)
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_user", user_id=registered.user.id)
-    response.headers["Server-Timing"] = server_timing(registered.timings_ms)
+    response.headers["Server-Timing"] = format_server_timing(registered.timings_ms)
     return response
 
 

@@ -17,13 +17,12 @@ from typing import Any
 from flask import Blueprint, abort, render_template, send_from_directory
 from werkzeug.wrappers import Response
 
+from app.bench_results import RESULTS_FILE, SCHEMA
 from app.extension import offload
 
 bp = Blueprint("compare", __name__)
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-SCHEMA = 1
 # Chart names the bench writes: lowercase words, a .png suffix, no path separators.
 CHART_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\.png")
 # The page's content column (40rem less padding) less a figure's default margins.

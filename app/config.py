@@ -89,6 +89,8 @@ class Settings:
     # How many reverse proxies in front of the app append to X-Forwarded-For; 0 trusts none and
     # uses the socket's peer address.
     rate_limit_trusted_proxies: int = 0
+    # The local harness only (devstack): how long each SMTP and SMS sink takes per message.
+    sink_delay_ms: float = 50.0
 
     def validate(self) -> Settings:
         if self.dispatch_mode not in DISPATCH_MODES:
@@ -107,6 +109,8 @@ class Settings:
             )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
+        if not self.sink_delay_ms >= 0:  # also refuses nan
+            raise ConfigError(f"SINK_DELAY_MS must be 0 or more, not {self.sink_delay_ms!r}")
         return self
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -184,6 +188,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),
     "RATE_LIMIT_VERIFICATIONS": ("rate_limit_verifications", str),
     "RATE_LIMIT_TRUSTED_PROXIES": ("rate_limit_trusted_proxies", _int),
+    "SINK_DELAY_MS": ("sink_delay_ms", _float),
 }
 
 
@@ -200,6 +205,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if "BASE_URL" not in env and "PORT" in env:
         settings = replace(settings, base_url=f"http://{settings.host}:{settings.port}")
     return settings.validate()
+
+
+def variables_set(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The settings' variables set to a non-empty value: for a caller whose own default differs
+    from the app's (the dev stack starts a private broker and database unless AMQP_URL or
+    DATABASE_URL names one)."""
+    env = os.environ if environ is None else environ
+    return frozenset(variable for variable in _VARIABLES if env.get(variable))
 
 
 def load_settings_or_exit() -> Settings:

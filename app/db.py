@@ -19,8 +19,10 @@ from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-# Named constraints make migrations reproducible and let the views recognise which unique
-# index refused a duplicate registration.
+# Named constraints make migrations reproducible: autogenerate and every backend agree on the
+# names, so a later migration can drop or alter them by name. (Which field a duplicate
+# registration clashed on is not read from the constraint's name, whose wording differs by
+# driver: app/registration.py looks the email and phone up again after the IntegrityError.)
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.runner import MODES, BenchOptions
+from app.bench_results import RESULTS_FILE
+from bench.aggregate import MODES
+from bench.runner import BenchOptions
 
 
 def _levels(raw: str) -> tuple[int, ...]:
@@ -186,7 +188,7 @@ def finish(results: dict[str, Any], out: Path) -> str:
     text = render(results, results["targets"])
     results["report"] = text
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
+    path = out / RESULTS_FILE
     temporary = path.with_suffix(".json.tmp")
     # allow_nan=False: a figure that could not be measured must already be null, not NaN.
     temporary.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     text = finish(results, options.out)
     print(text)
     print(
-        f"\nresults: {options.out / 'results.json'}; charts: "
+        f"\nresults: {options.out / RESULTS_FILE}; charts: "
         f"{', '.join(str(options.out / c['file']) for c in results['charts'])}"
     )
     return 0

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from bench.runner import MODES, find_point
+from bench.aggregate import MODES, find_point
 
 DPI = 100
 COLOURS = {

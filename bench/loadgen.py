@@ -22,13 +22,13 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
+from app.servertiming import parse_server_timing  # noqa: E402
 from bench.protocol import (  # noqa: E402
     NOOP,
     NOOP_PATH,
     USERS_PATH,
     LoadResult,
     LoadSpec,
-    parse_server_timing,
 )
 from bench.users import UserFactory  # noqa: E402
 

@@ -13,7 +13,6 @@ row closed as skipped), so the consumer's ledger check and update run as in prod
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from bench.celery_peer import QUEUE, TASK_NAME, make_celery
 from bench.sinkwatch import wait_for_all
 from bench.stats import finite_or_none, summarize
 from devstack import PROJECT_ROOT
+from devstack.processes import terminate
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -80,16 +80,6 @@ def start_celery_worker(session: BenchSession, concurrency: int) -> subprocess.P
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def stop_worker(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # Celery's warm shutdown
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 class Sides:
@@ -221,7 +211,7 @@ def run_peer(session: BenchSession, jobs: int) -> dict[str, Any]:
             for side in ("offload", "celery", "celery", "offload")
         ]
     finally:
-        stop_worker(worker)
+        terminate(worker)  # SIGTERM: Celery's warm shutdown
         sides.close()
     summary: dict[str, Any] = {
         "jobs_per_side": 2 * half,

@@ -7,7 +7,6 @@ the parent decides which fall in the measured window.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -69,16 +68,3 @@ class LoadResult:
             for i, started in enumerate(self.start)
             if self.measure_from <= started < self.measure_until
         ]
-
-
-def parse_server_timing(header: str) -> dict[str, float]:
-    """`db;dur=0.52, publish;dur=1.80` -> {"db": 0.52, "publish": 1.8}."""
-    steps: dict[str, float] = {}
-    for part in header.split(","):
-        name, _, params = part.strip().partition(";")
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "dur":
-                with contextlib.suppress(ValueError):
-                    steps[name] = float(value)
-    return steps

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.runner import find_point
+from bench.aggregate import find_point
 
 
 def _ms(value: float | None, width: int = 7) -> str:

@@ -10,11 +10,14 @@ Order of a run (every part bounded; every process ours and stopped at the end):
    after a queued slice the run waits until the sinks have every message, for the delivery lag;
 3. without TCP_NODELAY: the web server restarted without it, each mode at concurrency 1;
 4. the burst (bench/burst.py) and the Celery peer (bench/peer.py).
+
+This module is the orchestration: the options, the session every part runs on, the run itself.
+The measured parts are in bench/parts.py (and burst.py, peer.py); turning their slices into
+results is bench/aggregate.py, which report, charts and targets read with `find_point`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import random
@@ -24,21 +27,27 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from app.bench_results import SCHEMA
 from bench import cpu
+from bench.aggregate import MODES, Slice, aggregate, find_point, ratios, slice_windows
 from bench.driver import LoadGenerator
+from bench.parts import (
+    run_lag_probe,
+    run_sweep,
+    run_with_consumers_paused,
+    run_without_nodelay,
+)
 from bench.protocol import NOOP, LoadResult, LoadSpec
 from bench.queues import QueueDepthPoller
 from bench.sinkwatch import RecordTail, wait_for_all
-from bench.stats import finite_or_none, summarize
 from bench.users import UserFactory, capacity
 
-MODES: tuple[str, ...] = (NOOP, "insert-only", "serial", "parallel", "queued")
 TEXTBOOK: dict[str, dict[str, float]] = {
     "serial": {"ms": 150.0, "rps": 7.0},
     "parallel": {"ms": 100.0, "rps": 10.0},
@@ -68,38 +77,6 @@ class BenchOptions:
     out: Path = Path("bench-results")
     run_dir: Path = Path(".run/bench")
     command: str = "python -m bench"
-
-
-@dataclass
-class Slice:
-    """One mode at one concurrency level for one round: what the load generator saw, and more."""
-
-    mode: str
-    concurrency: int
-    tcp_nodelay: bool
-    result: LoadResult
-    measured: list[int]  # positions in result of the requests in the measured window
-    ok: list[int]  # ... of those, the ones answered with the expected status
-    # queued mode: per measured ok request, ms from its start until each sink received it
-    lag_ms: dict[str, list[float]] = field(default_factory=dict)
-    undelivered: int = 0
-    depth_peak: dict[str, int] = field(default_factory=dict)
-    # CPU seconds per part of the stack over the whole slice (warm-up, and for queued mode the
-    # drain, included), and how many requests that covers; None where /proc is missing.
-    cpu: cpu.CpuSample | None = None
-
-    @property
-    def fallbacks(self) -> int:
-        """Measured requests whose jobs were left to the outbox relay (publish over budget)."""
-        return sum(1 for i in self.ok if self.result.pending and self.result.pending[i])
-
-    @property
-    def duration_s(self) -> float:
-        return self.result.measure_until - self.result.measure_from
-
-    @property
-    def errors(self) -> int:
-        return len(self.measured) - len(self.ok)
 
 
 class BenchSession:
@@ -262,241 +239,6 @@ class BenchSession:
         return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-# -- the sweep and the TCP_NODELAY comparison ------------------------------------------------
-
-
-def rotated(modes: Sequence[str], by: int) -> list[str]:
-    shift = by % len(modes)
-    return [*modes[shift:], *modes[:shift]]
-
-
-def run_sweep(session: BenchSession) -> list[Slice]:
-    options = session.options
-    per_round = options.duration / options.rounds
-    total = options.rounds * len(options.concurrency) * len(options.modes)
-    slices: list[Slice] = []
-    for round_number in range(options.rounds):
-        for concurrency in options.concurrency:
-            for mode in rotated(options.modes, round_number):
-                piece = session.run_slice(mode, concurrency, per_round)
-                slices.append(piece)
-                session.progress(
-                    f"[{len(slices):>3}/{total} {session.elapsed()}] round {round_number + 1}"
-                    f"/{options.rounds} {describe_slice(piece)}"
-                )
-    return slices
-
-
-def run_lag_probe(session: BenchSession, parallel_rps: float | None) -> dict[str, Any] | None:
-    """Queued mode at one client, paced at the rate parallel mode managed: the delivery lag
-    when the consumers are not behind, for a fair comparison with parallel mode's answer."""
-    options = session.options
-    if options.diagnostics_duration <= 0:
-        return None
-    rate = options.lag_rate or parallel_rps or 10.0
-    piece = session.run_slice("queued", 1, options.diagnostics_duration, rate=rate)
-    session.progress(
-        f"[lag probe {session.elapsed()}] paced at {rate:.1f}/s {describe_slice(piece)}"
-    )
-    point = aggregate([piece])[0]
-    point["rate"] = round(rate, 2)
-    return point
-
-
-def run_with_consumers_paused(session: BenchSession) -> list[dict[str, Any]]:
-    """Queued mode with the consumers stopped while the load runs, then restarted and drained.
-
-    What the request path of queued mode costs on its own, as when the consumers run on other
-    machines; on one small machine they otherwise take their CPU from the web server. They are
-    stopped cleanly (SIGTERM), not frozen with SIGSTOP: a consumer frozen inside a SQLite write
-    transaction would hold the database's one write lock and stall every registration.
-    """
-    options = session.options
-    if options.diagnostics_duration <= 0:
-        return []
-    levels = sorted({min(options.concurrency), max(options.concurrency)})
-    consumers = [n for n in ("email", "sms") if n in session.stack.processes]
-    slices = []
-    for level in levels:
-        for name in consumers:
-            session.stack.stop_process(name)
-        try:
-            piece = session.run_slice("queued", level, options.diagnostics_duration, deliver=False)
-        finally:
-            for name in consumers:
-                session.stack.start_worker(name)
-        session.measure_delivery(piece)  # only to drain before what follows; the lag is void
-        piece.lag_ms = {}
-        slices.append(piece)
-        session.progress(f"[consumers paused {session.elapsed()}] {describe_slice(piece)}")
-    points = aggregate(slices)
-    for point in points:
-        point["consumers"] = "paused"
-        point["delivery_ms"] = None
-    return points
-
-
-def run_without_nodelay(session: BenchSession) -> list[Slice]:
-    options = session.options
-    if not options.nodelay or options.nagle_duration <= 0:
-        return []
-    session.progress("restarting the web server without TCP_NODELAY")
-    session.restart_web(nodelay=False)
-    slices: list[Slice] = []
-    try:
-        for mode in options.modes:
-            piece = session.run_slice(mode, 1, options.nagle_duration)
-            slices.append(piece)
-            session.progress(f"[nagle {session.elapsed()}] {describe_slice(piece)}")
-    finally:
-        session.restart_web(nodelay=True)
-    return slices
-
-
-def describe_slice(piece: Slice) -> str:
-    latency = summarize([piece.result.latency_ms[i] for i in piece.ok])
-    rps = len(piece.ok) / piece.duration_s if piece.duration_s > 0 else math.nan
-    text = (
-        f"c={piece.concurrency:<3} {piece.mode:<11} p50 {latency['p50']:7.1f} ms  "
-        f"p99 {latency['p99']:7.1f} ms  {rps:7.1f} req/s  {piece.errors} err"
-    )
-    if piece.lag_ms:
-        lag = summarize(piece.lag_ms["both"])
-        text += f"  lag p50 {lag['p50']:.0f} ms"
-        if piece.undelivered:
-            text += f"  ({piece.undelivered} undelivered)"
-        if piece.fallbacks:
-            text += f"  ({piece.fallbacks} left to the relay)"
-    return text
-
-
-# -- aggregation into results ------------------------------------------------------------------
-
-
-def _figures(summary: dict[str, float], keys: Sequence[str]) -> dict[str, float | None]:
-    return {key: finite_or_none(summary[key]) for key in keys}
-
-
-def aggregate(slices: Sequence[Slice]) -> list[dict[str, Any]]:
-    """One point per (mode, concurrency, tcp_nodelay): the rounds' slices pooled."""
-    groups: dict[tuple[str, int, bool], list[Slice]] = {}
-    for piece in slices:
-        groups.setdefault((piece.mode, piece.concurrency, piece.tcp_nodelay), []).append(piece)
-    points = []
-    for (mode, concurrency, nodelay), pieces in groups.items():
-        latencies = [p.result.latency_ms[i] for p in pieces for i in p.ok]
-        duration = sum(p.duration_s for p in pieces)
-        error_kinds: dict[str, int] = {}
-        for p in pieces:
-            for kind, count in p.result.error_kinds.items():
-                error_kinds[kind] = error_kinds.get(kind, 0) + count
-        server: dict[str, float | None] = {}
-        for step in ("db", "publish", "email", "sms"):
-            values = [
-                value
-                for p in pieces
-                for i in p.ok
-                if (value := p.result.steps.get(step, [None] * len(p.result.start))[i]) is not None
-            ]
-            if values:
-                server[step] = finite_or_none(summarize(values)["p50"])
-        point: dict[str, Any] = {
-            "mode": mode,
-            "concurrency": concurrency,
-            "tcp_nodelay": nodelay,
-            "requests": len(latencies),
-            "errors": sum(p.errors for p in pieces),
-            "error_kinds": error_kinds,
-            "duration_s": round(duration, 3),
-            "rps": finite_or_none(len(latencies) / duration) if duration > 0 else None,
-            "latency_ms": _figures(summarize(latencies), ("p50", "p95", "p99", "mean", "max")),
-            "server_ms": server,
-            "rounds": [
-                {
-                    "rps": finite_or_none(len(p.ok) / p.duration_s) if p.duration_s else None,
-                    "p50": finite_or_none(summarize([p.result.latency_ms[i] for i in p.ok])["p50"]),
-                }
-                for p in pieces
-            ],
-            "delivery_ms": None,
-            "queue_depth_peak": None,
-            "outbox_fallbacks": sum(p.fallbacks for p in pieces),
-            "cpu": cpu_per_request(pieces),
-        }
-        if mode == "queued":
-            point["delivery_ms"] = {
-                channel: {
-                    "n": len(values := [v for p in pieces for v in p.lag_ms.get(channel, [])]),
-                    **_figures(summarize(values), ("p50", "p95", "p99", "max")),
-                }
-                for channel in ("email", "sms", "both")
-            }
-            point["delivery_ms"]["undelivered"] = sum(p.undelivered for p in pieces)
-            point["queue_depth_peak"] = {
-                channel: max((p.depth_peak.get(channel, 0) for p in pieces), default=0)
-                for channel in ("email", "sms")
-            }
-        points.append(point)
-    order = {mode: n for n, mode in enumerate(MODES)}
-    points.sort(key=lambda p: (not p["tcp_nodelay"], p["concurrency"], order.get(p["mode"], 99)))
-    return points
-
-
-def cpu_per_request(pieces: Sequence[Slice]) -> dict[str, Any] | None:
-    """ms of CPU per request for each part, and how busy the machine was, over the slices."""
-    samples = [p.cpu for p in pieces if p.cpu is not None]
-    requests = sum(len(p.result.start) for p in pieces if p.cpu is not None)
-    if not samples or not requests:
-        return None
-    parts = {part for s in samples for part in s.seconds}
-    seconds = {part: sum(s.seconds.get(part, 0.0) for s in samples) for part in sorted(parts)}
-    processes = sum(s.machine_processes for s in samples)
-    kernel = sum(s.machine_kernel for s in samples)
-    total = sum(s.machine_total for s in samples)
-    wall = total / (os.cpu_count() or 1)  # seconds of wall-clock time the samples cover
-    if not total or not wall:
-        return None
-    return {
-        "ms_per_request": {part: round(1000 * v / requests, 3) for part, v in seconds.items()},
-        "machine_busy": round((processes + kernel) / total, 3),
-        # CPUs' worth of time in interrupts (mostly loopback networking) and steal
-        "kernel_cores": round(kernel / wall, 2),
-        # CPUs' worth of work by processes that are not part of this run (other programs)
-        "others_cores": round(max(processes - sum(seconds.values()), 0.0) / wall, 2),
-    }
-
-
-def find_point(
-    points: Sequence[dict[str, Any]], mode: str, concurrency: int, nodelay: bool | None = None
-) -> dict[str, Any] | None:
-    """The point for `mode` at `concurrency` (and, if given, that TCP_NODELAY setting)."""
-    for point in points:
-        if (
-            point["mode"] == mode
-            and point["concurrency"] == concurrency
-            and (nodelay is None or point["tcp_nodelay"] == nodelay)
-        ):
-            return point
-    return None
-
-
-def ratios(points: Sequence[dict[str, Any]], levels: Sequence[int]) -> list[dict[str, Any]]:
-    rows = []
-    for level in levels:
-        queued = find_point(points, "queued", level)
-        row: dict[str, Any] = {"concurrency": level}
-        for mode in ("serial", "parallel"):
-            other = find_point(points, mode, level)
-            q = queued and queued["latency_ms"]["p50"]
-            o = other and other["latency_ms"]["p50"]
-            row[f"{mode}_over_queued"] = o / q if o and q else None
-            qr = queued and queued["rps"]
-            orps = other and other["rps"]
-            row[f"queued_rps_over_{mode}"] = qr / orps if qr and orps else None
-        rows.append(row)
-    return rows
-
-
 def depth_series(session: BenchSession, since: float, until: float) -> dict[str, Any]:
     samples = session.poller.snapshot().between(since, until)
     # Every other sample is plenty for the chart and halves the JSON.
@@ -505,18 +247,6 @@ def depth_series(session: BenchSession, since: float, until: float) -> dict[str,
         "email": samples.depth["email"][::2],
         "sms": samples.depth["sms"][::2],
     }
-
-
-def slice_windows(slices: Sequence[Slice], since: float) -> list[dict[str, Any]]:
-    return [
-        {
-            "mode": p.mode,
-            "concurrency": p.concurrency,
-            "from": round(p.result.measure_from - since, 2),
-            "until": round(p.result.measure_until - since, 2),
-        }
-        for p in slices
-    ]
 
 
 def host_facts() -> dict[str, Any]:
@@ -622,7 +352,7 @@ def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
 
     options_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
     return {
-        "schema": 1,
+        "schema": SCHEMA,
         "meta": {
             "started_at": started_at.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -133,8 +133,7 @@ def run_soak(
             _say(f"  fault: {fault} after {len(accepted)} registrations")
             report.faults.append(f"{fault} after {len(accepted)} registrations")
             if fault == "broker restart":
-                stack.node.stop()
-                stack.node.start()
+                stack.node.restart()
             else:
                 stack.signal("email", signal.SIGKILL)
                 stack.stop_process("email")

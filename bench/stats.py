@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between ranks, as numpy's default.
-
-    NaN for an empty sequence, so a missing figure is visible rather than a made-up zero.
-    """
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -32,11 +19,20 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
             "max": math.nan,
         }
     ordered = sorted(values)
+    # "inclusive": linear interpolation between the closest ranks (numpy's default, and the
+    # bench's figures before, equal up to float rounding), so never past the largest value
+    # seen; "exclusive" would stretch p99 beyond it on a small sample. Python 3.11 wants two
+    # values at least; one value is every percentile of itself.
+    cuts = (
+        statistics.quantiles(ordered, n=100, method="inclusive")
+        if len(ordered) > 1
+        else ordered * 99
+    )
     return {
         "n": len(ordered),
-        "p50": percentile(ordered, 50),
-        "p95": percentile(ordered, 95),
-        "p99": percentile(ordered, 99),
+        "p50": cuts[49],
+        "p95": cuts[94],
+        "p99": cuts[98],
         "mean": sum(ordered) / len(ordered),
         "max": ordered[-1],
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.runner import find_point
+from bench.aggregate import find_point
 
 PASS, MISS, NOT_MEASURED = "PASS", "MISS", "N/A"
 

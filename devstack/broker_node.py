@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -152,12 +151,10 @@ class RabbitNode:
             self._process.wait(timeout=10)
 
     def restart(self) -> None:
+        """Stop gracefully and start again on the same data: durable queues and their
+        persistent messages survive (the soak's and the fault tests' broker restart)."""
         self.stop()
         self.start()
-
-    def wipe(self) -> None:
-        """Remove the node's data (only when it is stopped)."""
-        shutil.rmtree(self.base_dir / "mnesia", ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

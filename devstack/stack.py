@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+from app.config import load_settings_or_exit, variables_set
 from app.migrate import upgrade
 from devstack import PROJECT_ROOT
 from devstack.broker_node import BrokerNodeError, RabbitNode
+from devstack.processes import terminate
 from devstack.sinks.process import SinkProcess, free_port, start_sink_process
 
 READY_TIMEOUT = 30.0
@@ -258,13 +260,7 @@ class Stack:
         process = self.processes.pop(name, None)
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        terminate(process, timeout)
         log_file = self._log_files.pop(name, None)
         if log_file is not None:
             log_file.close()
@@ -309,13 +305,20 @@ def _copy_prefixed(process: subprocess.Popen[bytes], name: str, log_file: IO[byt
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = load_settings_or_exit()
+    given = variables_set()
     parser = argparse.ArgumentParser(description="Run the whole Offload demo stack.")
     parser.add_argument("--run-dir", default=".run", help="folder for data, logs and the node")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+    parser.add_argument("--port", type=int, default=settings.port, help="web (default $PORT)")
     parser.add_argument("--amqp-port", type=int, default=5673)
     parser.add_argument("--smtp-port", type=int, default=1025)
     parser.add_argument("--sms-port", type=int, default=1026)
-    parser.add_argument("--delay-ms", type=float, default=50.0, help="sink delay, each")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=settings.sink_delay_ms,
+        help="sink delay, each (default $SINK_DELAY_MS, else 50)",
+    )
     args = parser.parse_args(argv)
     config = StackConfig(
         run_dir=Path(args.run_dir),
@@ -324,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         smtp_port=args.smtp_port,
         sms_port=args.sms_port,
         sink_delay_ms=args.delay_ms,
-        amqp_url=os.environ.get("AMQP_URL") or None,
-        database_url=os.environ.get("DATABASE_URL") or None,
+        # A broker or database of the user's own; otherwise a private node and .run/offload.db.
+        amqp_url=settings.amqp_url if "AMQP_URL" in given else None,
+        database_url=settings.database_url if "DATABASE_URL" in given else None,
         echo=True,
     )
     stack = Stack(config)

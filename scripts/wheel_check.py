@@ -151,7 +151,9 @@ def install(work: Path, wheel: Path) -> Path:
 def clean_env(bin_dir: Path, **settings: str) -> dict[str, str]:
     # The child sees only the installed package: no path into the checkout, no inherited
     # Offload settings beyond those given.
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env.update(settings)
     return env

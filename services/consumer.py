@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs import PARKED_EXCHANGE, retry_queue, work_queue
 from app.senders import Sender, TransientSendError
+from app.shutdown import on_stop_signals
 from app.topology import connection_parameters, declare_topology
 from services.handlers import (
     Claim,
@@ -104,9 +103,6 @@ class Consumer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        if self._stopping:
-            log.warning("second stop signal: exiting now; the broker requeues unacked jobs")
-            os._exit(1)
         log.info("stop requested: finishing in-flight jobs", extra={"in_flight": self._in_flight})
         self._stopping = True
 
@@ -341,6 +337,5 @@ def _with_headers(properties: BasicProperties, extra: dict[str, Any]) -> pika.Ba
     )
 
 
-def install_signal_handlers(consumer: Any) -> None:
-    gevent.signal_handler(signal.SIGTERM, consumer.request_stop)
-    gevent.signal_handler(signal.SIGINT, consumer.request_stop)
+def install_signal_handlers(consumer: Consumer) -> None:
+    on_stop_signals(consumer.request_stop, left_behind="the broker requeues unacked jobs")

@@ -14,7 +14,6 @@ nothing is published twice (and if it were, the consumers' ledger check still se
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from datetime import timedelta
 
@@ -118,9 +117,6 @@ class Relay:
         self._stopping = False
 
     def request_stop(self) -> None:
-        if self._stopping:
-            log.warning("second stop signal: exiting now")
-            os._exit(1)
         self._stopping = True
 
     def run(self) -> None:

@@ -11,15 +11,13 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
-
-import gevent  # noqa: E402
 
 from app.config import Settings, load_settings_or_exit  # noqa: E402
 from app.db import make_engine, make_session_factory  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 from app.messaging import PikaPublisher  # noqa: E402
+from app.shutdown import on_stop_signals  # noqa: E402
 from services.consumer import Consumer, install_signal_handlers  # noqa: E402
 from services.email import SmtpEmailSender  # noqa: E402
 from services.handlers import RetryPolicy  # noqa: E402
@@ -76,8 +74,7 @@ def run_relay(settings: Settings) -> int:
         grace_seconds=settings.relay_grace_seconds,
         publish_timeout=max(settings.publish_timeout, 5.0),
     )
-    gevent.signal_handler(signal.SIGTERM, relay.request_stop)
-    gevent.signal_handler(signal.SIGINT, relay.request_stop)
+    on_stop_signals(relay.request_stop)
     print(f"offload relay started (every {settings.relay_interval}s)", flush=True)
     relay.run()
     return 0

@@ -19,6 +19,7 @@ from app.extension import offload
 from app.messaging import InMemoryPublisher
 from app.migrate import upgrade
 from app.senders import RecordingSender
+from devstack import PROJECT_ROOT
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -103,7 +104,7 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 @pytest.fixture
 def artifacts_dir() -> Path:
-    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path = PROJECT_ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
 

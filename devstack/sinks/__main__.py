@@ -10,10 +10,8 @@ that opens sockets; the SMTP sink runs on asyncio and is never patched.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-from collections.abc import Mapping
 
 DEFAULT_DELAY_MS = 50.0
 DEFAULT_PORTS = {"smtp": 1025, "sms": 1026}
@@ -22,21 +20,23 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(os.environ).parse_args(argv)
+    from app.config import load_settings_or_exit
+
+    args = build_parser(load_settings_or_exit().sink_delay_ms).parse_args(argv)
     delay = args.delay if args.delay is not None else args.delay_ms / 1000.0
     if args.kind == "sms":
         return run_sms_gateway(args, delay)
     return run_smtp(args, delay)
 
 
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+def build_parser(default_delay_ms: float = DEFAULT_DELAY_MS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m devstack.sinks",
         description="Local SMTP server and SMS HTTP gateway that record what they accept.",
     )
     kinds = parser.add_subparsers(dest="kind", required=True)
     smtp = kinds.add_parser("smtp", help="SMTP sink (aiosmtpd)")
-    _add_common_options(smtp, "smtp", environ)
+    _add_common_options(smtp, "smtp", default_delay_ms)
     smtp.add_argument(
         "--permanent-failure-rate",
         type=_rate,
@@ -44,7 +44,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="share of messages refused with 550 5.1.1 (default 0)",
     )
     sms = kinds.add_parser("sms", help="SMS HTTP gateway sink (gevent pywsgi)")
-    _add_common_options(sms, "sms", environ)
+    _add_common_options(sms, "sms", default_delay_ms)
     sms.add_argument(
         "--timeout-rate",
         type=_rate,
@@ -61,7 +61,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def _add_common_options(
-    parser: argparse.ArgumentParser, kind: str, environ: Mapping[str, str]
+    parser: argparse.ArgumentParser, kind: str, default_delay_ms: float
 ) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
@@ -80,7 +80,7 @@ def _add_common_options(
     delay.add_argument(
         "--delay-ms",
         type=_non_negative,
-        default=_default_delay_ms(environ),
+        default=default_delay_ms,
         help="milliseconds to wait per message (default $SINK_DELAY_MS, else 50)",
     )
     parser.add_argument(
@@ -89,16 +89,6 @@ def _add_common_options(
         default=0.0,
         help="share of messages refused with a transient error (default 0)",
     )
-
-
-def _default_delay_ms(environ: Mapping[str, str]) -> float:
-    raw = environ.get("SINK_DELAY_MS", "").strip()
-    if not raw:
-        return DEFAULT_DELAY_MS
-    try:
-        return _non_negative(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise SystemExit(f"SINK_DELAY_MS: {exc}") from None
 
 
 def _non_negative(raw: str) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from devstack import PROJECT_ROOT
+from devstack.processes import terminate
 from devstack.sinks.records import Record, read_records
 
 SinkKind = Literal["smtp", "sms"]
@@ -71,13 +71,7 @@ class SinkProcess:
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, then SIGKILL if it has not exited within `timeout`; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
         if self._stderr_at_exit is None:

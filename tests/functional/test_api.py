@@ -3,6 +3,7 @@
 import pytest
 
 from app.messaging import BrokerUnavailable
+from app.servertiming import parse_server_timing
 
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 7911 123456"}
 
@@ -13,7 +14,7 @@ def register(testapp, payload=None, mode=None, status=201):
 
 
 def server_timing_steps(response):
-    return [part.split(";")[0].strip() for part in response.headers["Server-Timing"].split(",")]
+    return list(parse_server_timing(response.headers["Server-Timing"]))
 
 
 def test_queued_mode_publishes_both_jobs_and_answers(testapp, publisher, email_sender):

@@ -19,10 +19,12 @@ import pytest
 import webtest
 
 from app import create_app
+from app.bench_results import SCHEMA
 from app.config import Settings
 from app.messaging import InMemoryPublisher
 from app.senders import RecordingSender
-from bench.runner import MODES, BenchOptions, find_point
+from bench.aggregate import MODES, find_point
+from bench.runner import BenchOptions
 from bench.users import UserFactory, capacity
 from tests.conftest import require
 
@@ -206,7 +208,7 @@ def test_json_and_charts_written(bench_run):
     results, out, _lines = bench_run
     # strict JSON: a figure that could not be measured is null, never NaN
     saved = json.loads((out / "results.json").read_text(), parse_constant=pytest.fail)
-    assert saved["schema"] == 1
+    assert saved["schema"] == SCHEMA
     assert saved["points"] == results["points"]
     assert "serial / queued" in saved["report"]
     names = {chart["file"] for chart in saved["charts"]}
@@ -247,7 +249,7 @@ def test_compare_page_before_any_run(settings, tmp_path):
 
 
 def test_compare_page_with_a_foreign_results_file(settings, tmp_path):
-    (tmp_path / "results.json").write_text('{"schema": 99}')
+    (tmp_path / "results.json").write_text(json.dumps({"schema": SCHEMA + 1}))
     page = app_reading(settings, tmp_path).get("/compare")
     assert "another version" in page.html.find(id="no-results").get_text()
 

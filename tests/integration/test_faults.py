@@ -73,8 +73,7 @@ def test_broker_restart_keeps_the_jobs_waiting_in_its_queues(stack):
     try:
         users = register_many(stack, 20, "waiting")
         assert all(n["status"] == "queued" for u in users for n in u["notifications"])
-        stack.node.stop()
-        stack.node.start()
+        stack.node.restart()
     finally:
         stack.start_worker("email")
         stack.start_worker("sms")

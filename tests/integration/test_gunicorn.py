@@ -11,6 +11,7 @@ import time
 import pytest
 import requests
 
+from devstack import PROJECT_ROOT
 from devstack.sinks.process import free_port
 from tests.integration.helpers import assert_delivered_once, register
 
@@ -23,7 +24,7 @@ def test_gunicorn_gevent_workers_publish_after_fork(stack):
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     process = subprocess.Popen(
         [gunicorn, "--config", "gunicorn.conf.py", "wsgi:app"],
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -1,11 +1,11 @@
 """The README's configuration table names every variable the settings read, and no other."""
 
 import re
-from pathlib import Path
 
 from app.config import _VARIABLES
+from devstack import PROJECT_ROOT
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = PROJECT_ROOT / "README.md"
 
 
 def documented_variables() -> set[str]:
