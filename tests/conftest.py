@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from app import create_app
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.extension import offload
+from app.logs import JsonFormatter
 from app.messaging import InMemoryPublisher
 from app.migrate import upgrade
 from app.senders import RecordingSender
@@ -100,6 +103,18 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
     yield make_session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Everything logged while the test runs, as the JSON lines production would write."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield stream
+    root.removeHandler(handler)
 
 
 @pytest.fixture

@@ -143,7 +143,9 @@ def test_insert_only_baseline_needs_bench_modes(testapp):
     register(testapp, mode="insert-only", status=400)
 
 
-def test_insert_only_baseline_writes_and_sends_nothing(settings, publisher, email_sender):
+def test_insert_only_baseline_writes_and_sends_nothing(
+    settings, publisher, email_sender, sms_sender
+):
     import webtest
 
     from app import create_app
@@ -152,12 +154,12 @@ def test_insert_only_baseline_writes_and_sends_nothing(settings, publisher, emai
         settings.with_overrides(bench_modes=True),
         publisher=publisher,
         email_sender=email_sender,
-        sms_sender=email_sender,
+        sms_sender=sms_sender,
     )
     response = register(webtest.TestApp(app), mode="insert-only")
     assert [n["status"] for n in response.json["user"]["notifications"]] == ["skipped", "skipped"]
     assert server_timing_steps(response) == ["db"]
-    assert publisher.published == [] and email_sender.sent == []
+    assert publisher.published == [] and email_sender.sent == [] and sms_sender.sent == []
 
 
 def test_timestamps_read_back_from_the_database_keep_their_time_zone(testapp):
@@ -170,7 +172,9 @@ def test_timestamps_read_back_from_the_database_keep_their_time_zone(testapp):
     assert datetime.fromisoformat(sent_at).utcoffset().total_seconds() == 0
 
 
-def test_a_locked_database_is_503_with_retry_after_not_500(settings, publisher, database_url):
+def test_a_locked_database_is_503_with_retry_after_not_500(
+    settings, publisher, email_sender, sms_sender, database_url
+):
     import sqlite3
 
     import webtest
@@ -180,8 +184,8 @@ def test_a_locked_database_is_503_with_retry_after_not_500(settings, publisher, 
     app = create_app(
         settings.with_overrides(database_busy_timeout=0.2),
         publisher=publisher,
-        email_sender=publisher,
-        sms_sender=publisher,
+        email_sender=email_sender,
+        sms_sender=sms_sender,
     )
     holder = sqlite3.connect(database_url.removeprefix("sqlite:///"))
     holder.execute("BEGIN IMMEDIATE")  # another process holds SQLite's one write lock

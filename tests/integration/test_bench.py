@@ -153,8 +153,7 @@ def test_diagnostics_paced_lag_and_consumers_paused(bench_run):
 @pytest.mark.slow
 def test_cpu_per_request_by_part(bench_run):
     point = find_point(bench_run[0]["points"], "queued", 4)
-    if point["cpu"] is None:
-        pytest.skip("no /proc here")
+    require(point["cpu"] is not None, "per-process CPU figures from /proc")
     figures = point["cpu"]["ms_per_request"]
     assert figures.keys() >= {"web", "consumers", "sinks", "rabbitmq", "loadgen", "bench"}
     assert figures["web"] > 0 and figures["consumers"] > 0

@@ -10,7 +10,10 @@ import time
 
 import pytest
 import requests
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
+from app.models import Notification
 from devstack import PROJECT_ROOT
 from devstack.sinks.process import free_port
 from tests.integration.helpers import assert_delivered_once, register
@@ -43,11 +46,30 @@ def test_gunicorn_gevent_workers_publish_after_fork(stack):
             time.sleep(0.2)
         with requests.Session() as http:
             users = [register(base_url, "queued", session=http)["user"] for _ in range(20)]
-        # Jobs confirmed by the broker inside the request (`queued`, not left to the relay as
-        # `pending`): the workers' own connections work.
+        # Every job confirmed by the broker inside its request: the answer says `queued`
+        # (`pending` would mean the publish failed and the jobs were left to the relay).
         statuses = [n["status"] for u in users for n in u["notifications"]]
-        assert statuses.count("queued") >= len(statuses) // 2, statuses
+        assert len(statuses) == 2 * len(users)
+        assert set(statuses) <= {"queued", "sent"}, statuses
         assert_delivered_once(stack, users, timeout=60)
+        # And the relay never had to step in: it claims a row before publishing it, so a row
+        # it published keeps its `claimed_by`. The request path never writes that column.
+        assert_published_by_their_requests(stack.database_url, [u["id"] for u in users])
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
+
+
+def assert_published_by_their_requests(database_url: str, user_ids: list[str]) -> None:
+    engine = create_engine(database_url)
+    try:
+        with Session(engine) as session:
+            rows = session.scalars(
+                select(Notification).where(Notification.user_id.in_(user_ids))
+            ).all()
+            claimed_by = [n.claimed_by for n in rows]
+    finally:
+        engine.dispose()
+    assert len(claimed_by) == 2 * len(user_ids)
+    relayed = [c for c in claimed_by if c is not None]
+    assert relayed == [], f"{len(relayed)} of {len(claimed_by)} jobs were published by the relay"

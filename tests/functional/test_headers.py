@@ -1,0 +1,69 @@
+"""Security headers on every kind of response, and no inline code for the CSP to break."""
+
+from __future__ import annotations
+
+from tests.functional.helpers import register
+
+
+def every_kind_of_page(testapp):
+    """(name, response) for each page and API answer a client can get, good and bad."""
+    user = register(testapp).json["user"]
+    uid = user["id"]
+    csrf = testapp.get("/register").forms["register-form"]["csrf_token"].value
+    return [
+        ("register", testapp.get("/register")),
+        ("register-invalid", testapp.post("/register", {"csrf_token": csrf}, status=400)),
+        ("status", testapp.get(f"/users/{uid}")),
+        ("status-unknown", testapp.get("/users/nobody", status=404)),
+        (
+            "verify-phone-wrong",
+            testapp.post(
+                f"/users/{uid}/verify-phone", {"csrf_token": csrf, "code": "1"}, status=400
+            ),
+        ),
+        ("verify-phone-no-csrf", testapp.post(f"/users/{uid}/verify-phone", {}, status=400)),
+        ("verify-email-invalid", testapp.get("/verify-email/forged", status=400)),
+        ("static-js", testapp.get("/static/status.js")),
+        ("static-css", testapp.get("/static/style.css")),
+        ("api-user", testapp.get(f"/api/users/{uid}")),
+        ("api-unknown", testapp.get("/api/users/nobody", status=404)),
+        ("api-openapi", testapp.get("/api/openapi.json")),
+        ("api-405", testapp.delete("/api/users", status=405)),
+        ("no-such-page", testapp.get("/nothing-here", status=404)),
+    ]
+
+
+def test_security_headers_on_every_response(testapp):
+    for name, response in every_kind_of_page(testapp):
+        headers = response.headers
+        csp = headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in csp, name
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp, name
+        assert headers.get("X-Content-Type-Options") == "nosniff", name
+        assert headers.get("Referrer-Policy") == "no-referrer", name
+        assert headers.get("X-Frame-Options") == "DENY", name
+
+
+def test_pages_with_personal_data_are_not_cached(testapp):
+    uid = register(testapp).json["user"]["id"]
+    assert testapp.get(f"/users/{uid}").headers["Cache-Control"] == "no-store"
+    assert testapp.get(f"/api/users/{uid}").headers["Cache-Control"] == "no-store"
+
+
+def test_no_inline_script_or_style_anywhere(testapp):
+    """The CSP forbids inline code, so a page that relied on it would silently break."""
+    for name, response in every_kind_of_page(testapp):
+        if "text/html" not in response.content_type:
+            continue
+        html = response.html
+        assert all(script.get("src") for script in html.find_all("script")), name
+        assert html.find("style") is None, name
+        assert html.select("[style]") == [], name
+        assert not any(
+            attr.startswith("on") for tag in html.find_all(True) for attr in tag.attrs
+        ), name
+
+
+def test_405_from_the_api_keeps_its_allow_header(testapp):
+    response = testapp.delete("/api/users", status=405)
+    assert set(response.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
