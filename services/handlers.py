@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import session_scope
 from app.jobs import MalformedJob, decode_job
 from app.ledger import mark_attempt_failed, mark_sent, take_send_lease
+from app.logs import redact
 from app.models import Notification
 from app.senders import PermanentSendError, Sender, TransientSendError
 
@@ -47,9 +48,16 @@ class RetryPolicy:
     delays_ms: tuple[int, ...]
     send_lease_seconds: float = 30.0
 
-    def delay_after(self, attempts: int) -> int:
-        """Backoff before the next try, after `attempts` failed tries (1-based)."""
-        return self.delays_ms[min(attempts, len(self.delays_ms)) - 1]
+    def delay_after(self, attempts: int, *, at_least_ms: int = 0) -> int:
+        """Backoff before the next try, after `attempts` failed tries (1-based).
+
+        `at_least_ms` is what the remote side asked for (a 429's Retry-After): the shortest
+        configured delay that honours it, since retries wait in one TTL queue per delay.
+        """
+        delay = self.delays_ms[min(attempts, len(self.delays_ms)) - 1]
+        if delay >= at_least_ms:
+            return delay
+        return next((d for d in sorted(self.delays_ms) if d >= at_least_ms), max(self.delays_ms))
 
 
 def handle_message(
@@ -84,11 +92,18 @@ def handle_message(
         except PermanentSendError as exc:
             mark_attempt_failed(session, notification, str(exc), status="failed")
             return Park(f"permanent failure: {exc}")
-        except TransientSendError as exc:
+        except Exception as exc:
+            # Transient, or unexpected (a bug, a library's surprise): counted alike, so nothing
+            # retries for ever.
+            error = str(exc)
+            if not isinstance(exc, TransientSendError):
+                log.exception("sending %s failed unexpectedly", job.notification_id)
+                error = redact(f"unexpected error: {exc!r}")
             if notification.attempts + 1 >= policy.max_attempts:
-                mark_attempt_failed(session, notification, str(exc), status="failed")
-                return Park(f"gave up after {notification.attempts} attempts: {exc}")
-            mark_attempt_failed(session, notification, str(exc), status="queued")
-            return Retry(policy.delay_after(notification.attempts), str(exc))
+                mark_attempt_failed(session, notification, error, status="failed")
+                return Park(f"gave up after {notification.attempts} attempts: {error}")
+            mark_attempt_failed(session, notification, error, status="queued")
+            wait_ms = exc.retry_after_ms if isinstance(exc, TransientSendError) else 0
+            return Retry(policy.delay_after(notification.attempts, at_least_ms=wait_ms), error)
         mark_sent(session, notification)
         return Ack("sent")
