@@ -60,7 +60,12 @@ def json_object(what: str) -> dict[str, Any] | Response:
     """The request's JSON object, or the error response to return instead."""
     if not request.is_json:
         return error(415, "unsupported_media_type", f"Send the {what} as application/json.")
-    data: Any = request.get_json(silent=True)
+    try:
+        data: Any = request.get_json(silent=True)
+    except RecursionError:
+        # json nests by recursion: `[[[[...]]]]` a few thousand deep, well inside the body
+        # limit, exhausts the stack. Refused like any other body that is not usable JSON.
+        return error(400, "invalid_json", "The request body is nested too deeply.")
     if data is None:
         return error(400, "invalid_json", "The request body is not valid JSON.")
     if not isinstance(data, dict):
