@@ -98,7 +98,11 @@ class SmtpEmailSender:
         starttls: bool = False,
         timeout: float = 10.0,
         max_idle_sessions: int = 20,
+        allow_insecure_login: bool = False,
     ) -> None:
+        if username and not starttls and not allow_insecure_login:
+            # The same refusal as the settings' (SMTP_ALLOW_INSECURE_LOGIN), for direct callers.
+            raise ValueError("an SMTP login without STARTTLS would send the password in clear")
         self.host = host
         self.port = port
         self.mail_from = mail_from
@@ -121,6 +125,7 @@ class SmtpEmailSender:
             username=settings.smtp_username,
             password=settings.smtp_password,
             starttls=settings.smtp_starttls,
+            allow_insecure_login=settings.smtp_allow_insecure_login,
             timeout=settings.smtp_timeout,
         )
 

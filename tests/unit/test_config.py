@@ -49,5 +49,7 @@ def test_bad_values_name_their_variable(environ, variable):
 
 
 def test_production_accepts_a_real_secret():
-    settings = load_settings({"OFFLOAD_ENV": "production", "SECRET_KEY": "s3cr3t-from-a-vault"})
+    settings = load_settings(
+        {"OFFLOAD_ENV": "production", "SECRET_KEY": "s3cr3t-from-a-vault-32-bytes-or-more"}
+    )
     assert settings.secret_key != DEFAULT_SECRET_KEY
