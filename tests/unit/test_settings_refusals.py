@@ -1,4 +1,4 @@
-"""Settings that would run insecurely or break a worker are refused at start, naming the variable."""
+"""Settings that would run insecurely or break a worker are refused at start, named."""
 
 import pytest
 
