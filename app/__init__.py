@@ -66,7 +66,13 @@ def register_database(app: Flask, settings: Settings, engine: Engine | None) -> 
     from app import db, extension
 
     engine = engine or db.make_engine(
-        settings.database_url, busy_timeout=settings.database_busy_timeout
+        settings.database_url,
+        busy_timeout=settings.database_busy_timeout,
+        **db.pool_options(
+            settings.database_url,
+            size=settings.web_database_pool_size,
+            timeout=settings.database_pool_timeout,
+        ),
     )
     offload = extension.Offload(settings, engine, db.make_session_factory(engine))
     extension.init_app(app, offload)
