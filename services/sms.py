@@ -8,11 +8,15 @@ permanent failure (but 408, 425 and 429), 5xx or a timeout transient.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
 import requests
 from requests.adapters import HTTPAdapter
 
 from app.config import Settings
 from app.jobs import SmsJob
+from app.logs import mask_phone, redact
 from app.senders import PermanentSendError, TransientSendError
 
 # Timeout, too early, rate limited: the gateway asks us to come back, not to give up.
@@ -49,7 +53,29 @@ class HttpSmsSender:
             raise TransientSendError(f"SMS gateway unreachable: {exc!r}") from exc
         if 200 <= response.status_code < 300:
             return
-        detail = f"SMS gateway answered {response.status_code}: {response.text[:200]!r}"
+        # The reply is stored on the notification and shown on status pages: gateways echo the
+        # number and the message (with its code), so both are masked.
+        reply = response.text[:200].replace(job.body, "[message]")
+        reply = redact(reply.replace(job.to.lstrip("+"), mask_phone(job.to)))
+        detail = f"SMS gateway answered {response.status_code}: {reply!r}"
         if 400 <= response.status_code < 500 and response.status_code not in _RETRYABLE_4XX:
             raise PermanentSendError(detail)
-        raise TransientSendError(detail)
+        raise TransientSendError(
+            detail, retry_after_ms=retry_after_ms(response.headers.get("Retry-After"))
+        )
+
+
+def retry_after_ms(value: str | None) -> int:
+    """A Retry-After header (seconds, or an HTTP date) in milliseconds; 0 when absent or bad."""
+    if not value:
+        return 0
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return int(value) * 1000
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0, int((moment - datetime.now(UTC)).total_seconds() * 1000))
