@@ -63,6 +63,39 @@ class QuietHandler(WSGIHandler):
         pass
 
 
+class SlowClient(ValueError):
+    """A client too slow with its headers: gevent answers a ValueError here with 400, closed."""
+
+
+def bounded_handler(
+    base: type[WSGIHandler], *, header_timeout: float, idle_timeout: float
+) -> type[WSGIHandler]:
+    """`base` with the timeouts gevent's handler lacks.
+
+    Without them each connection holds a greenlet of the bounded pool for as long as the client
+    likes, so WEB_POOL_SIZE idle (or trickling) connections stop the server accepting. Now an
+    idle connection is closed after `idle_timeout` (before a request, and in any one read or
+    write), and a request's line and headers must arrive within `header_timeout`.
+    """
+
+    class Bounded(base):  # type: ignore[valid-type,misc]
+        def handle(self) -> None:
+            self.socket.settimeout(idle_timeout)
+            super().handle()
+
+        def read_requestline(self) -> str:
+            with gevent.Timeout(idle_timeout, False):
+                line: str = super().read_requestline()
+                return line
+            return ""  # idle too long: close
+
+        def read_request(self, raw_requestline: str) -> object:
+            with gevent.Timeout(header_timeout, SlowClient("request headers too slow")):
+                return super().read_request(raw_requestline)
+
+    return Bounded
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve Offload with gevent's WSGIServer.")
     parser.add_argument("--host", help="overrides HOST")
@@ -91,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         sock,
         application,
         spawn=Pool(settings.web_pool_size),
-        handler_class=WSGIHandler if args.access_log else QuietHandler,
+        handler_class=bounded_handler(
+            WSGIHandler if args.access_log else QuietHandler,
+            header_timeout=settings.web_header_timeout,
+            idle_timeout=settings.web_idle_timeout,
+        ),
         log=None if not args.access_log else "default",
     )
 

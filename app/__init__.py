@@ -53,7 +53,22 @@ def create_app(
     register_dispatcher(extension, publisher, email_sender, sms_sender)
     register_blueprints(app)
     register_security(app)
+    register_proxy_headers(app, settings)
     return app
+
+
+def register_proxy_headers(app: Flask, settings: Settings) -> None:
+    """Behind RATE_LIMIT_TRUSTED_PROXIES proxies, believe what they say of the client.
+
+    X-Forwarded-Proto makes a request the proxy took over HTTPS `https` here, so CSRF checks the
+    Referer against the https origin the browser used; X-Forwarded-For gives the client address.
+    With no trusted proxy these headers are ignored: any client could send them.
+    """
+    hops = settings.rate_limit_trusted_proxies
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
 
 def register_logging(settings: Settings) -> None:
@@ -66,7 +81,13 @@ def register_database(app: Flask, settings: Settings, engine: Engine | None) -> 
     from app import db, extension
 
     engine = engine or db.make_engine(
-        settings.database_url, busy_timeout=settings.database_busy_timeout
+        settings.database_url,
+        busy_timeout=settings.database_busy_timeout,
+        **db.pool_options(
+            settings.database_url,
+            size=settings.web_database_pool_size,
+            timeout=settings.database_pool_timeout,
+        ),
     )
     offload = extension.Offload(settings, engine, db.make_session_factory(engine))
     extension.init_app(app, offload)

@@ -93,8 +93,12 @@ def find_user(session: Session, user_id: str) -> User | None:
     return session.get(User, user_id) if is_user_id(user_id) else None
 
 
-def verify_email(session: Session, settings: Settings, token: str) -> User:
-    """Mark the user's email address verified from the link's token, once."""
+def check_email_token(session: Session, settings: Settings, token: str) -> User:
+    """The user a confirmation link is for, changing nothing; the same errors as verify_email.
+
+    Opening the link (GET) only checks it: link scanners and mail previews follow links, so the
+    address is confirmed by the POST of the page's button (verify_email).
+    """
     try:
         claim = read_email_token(settings.secret_key, token, max_age=settings.verification_max_age)
     except ExpiredToken:
@@ -114,6 +118,12 @@ def verify_email(session: Session, settings: Settings, token: str) -> User:
         raise AlreadyVerified(
             "This link was already used: your email address is confirmed.", user=user
         )
+    return user
+
+
+def verify_email(session: Session, settings: Settings, token: str) -> User:
+    """Mark the user's email address verified from the link's token, once."""
+    user = check_email_token(session, settings, token)
     now = utcnow()
     changed = session.execute(
         update(User)

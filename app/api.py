@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from app import accounts
@@ -56,7 +57,12 @@ def json_object(what: str) -> dict[str, Any] | Response:
     """The request's JSON object, or the error response to return instead."""
     if not request.is_json:
         return error(415, "unsupported_media_type", f"Send the {what} as application/json.")
-    data: Any = request.get_json(silent=True)
+    try:
+        data: Any = request.get_json(silent=True)
+    except RecursionError:
+        # json nests by recursion: `[[[[...]]]]` a few thousand deep, well inside the body
+        # limit, exhausts the stack. Refused like any other body that is not usable JSON.
+        return error(400, "invalid_json", "The request body is nested too deeply.")
     if data is None:
         return error(400, "invalid_json", "The request body is not valid JSON.")
     if not isinstance(data, dict):
@@ -146,10 +152,12 @@ def register_error_handlers(app: Flask) -> None:
         return response
 
     @app.errorhandler(OperationalError)
-    def database_unavailable(exc: OperationalError) -> Any:
-        # SQLite's write lock held past the busy timeout, or the database server unreachable:
-        # the transaction was rolled back, so the client may simply try again.
-        current_app.logger.warning("database unavailable: %s", exc.orig)
+    @app.errorhandler(PoolTimeout)
+    def database_unavailable(exc: OperationalError | PoolTimeout) -> Any:
+        # SQLite's write lock held past the busy timeout, the database server unreachable, or
+        # no pooled connection free within DATABASE_POOL_TIMEOUT: the transaction was rolled
+        # back (or never began), so the client may simply try again.
+        current_app.logger.warning("database unavailable: %s", getattr(exc, "orig", None) or exc)
         unavailable = ServiceUnavailable(
             "The database is busy or unreachable; nothing was changed. Try again in a moment.",
             retry_after=DATABASE_RETRY_AFTER_SECONDS,

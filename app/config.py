@@ -7,16 +7,20 @@ build a `Settings` by hand and nothing leaks between them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 DISPATCH_MODES = ("serial", "parallel", "queued")
 # The benchmark's baseline: the same DB write, no notification at all. Only when BENCH_MODES is on.
 BASELINE_MODE = "insert-only"
 DEFAULT_SECRET_KEY = "dev-only-not-secret"  # noqa: S105 - refused in production, see validate()
+# Outside loopback development the key signs links that reach the internet: 256 bits at least.
+MIN_SECRET_KEY_BYTES = 32
 
 
 class ConfigError(ValueError):
@@ -39,6 +43,16 @@ class Settings:
     bench_modes: bool = False
     bench_results_dir: str = "bench-results"
     web_pool_size: int = 1000
+    # python wsgi.py: how long a connection may take to send a request's line and headers, and
+    # how long it may sit idle (before a request, or in any one read or write) before it is
+    # closed, so idle or trickling clients cannot hold every greenlet of the pool.
+    web_header_timeout: float = 10.0
+    web_idle_timeout: float = 15.0
+    # Database connections of a web process; 0 means WEB_POOL_SIZE (one per greenlet, so none
+    # waits). Lower it to fit PostgreSQL's max_connections: a request that waits longer than
+    # DATABASE_POOL_TIMEOUT for a connection answers 503 with Retry-After.
+    database_pool_size: int = 0
+    database_pool_timeout: float = 5.0
     web_workers: int = 2
     tcp_nodelay: bool = True
     # Count event-loop stalls longer than this many ms (gevent's monitor thread); 0 is off.
@@ -58,6 +72,9 @@ class Settings:
     smtp_username: str = ""
     smtp_password: str = ""
     smtp_starttls: bool = False
+    # SMTP_USERNAME without SMTP_STARTTLS sends the password in clear: refused unless this says
+    # so (a relay on the same host, say).
+    smtp_allow_insecure_login: bool = False
     smtp_timeout: float = 10.0
     mail_from: str = "Offload <no-reply@offload.example>"
     sms_gateway_url: str = "http://127.0.0.1:1026/messages"
@@ -98,8 +115,35 @@ class Settings:
                 f"DISPATCH_MODE must be one of {', '.join(DISPATCH_MODES)}, "
                 f"not {self.dispatch_mode!r}"
             )
-        if self.environment == "production" and self.secret_key == DEFAULT_SECRET_KEY:
-            raise ConfigError("SECRET_KEY must be set to a random value in production")
+        loopback = is_loopback_url(self.base_url)
+        if self.secret_key == DEFAULT_SECRET_KEY and (
+            self.environment == "production" or not loopback
+        ):
+            raise ConfigError(
+                "SECRET_KEY must be set to a random value in production and whenever BASE_URL "
+                f"is not a loopback address (BASE_URL is {self.base_url!r})"
+            )
+        if (self.environment != "development" or not loopback) and len(
+            self.secret_key.encode()
+        ) < MIN_SECRET_KEY_BYTES:
+            raise ConfigError(
+                f"SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes outside loopback "
+                "development (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        if not self.retry_delays_ms or min(self.retry_delays_ms) < 1:
+            raise ConfigError(
+                "RETRY_DELAYS_MS must list at least one delay in milliseconds, each at least 1 "
+                "(e.g. 1000,5000,30000)"
+            )
+        if self.smtp_username and not self.smtp_starttls and not self.smtp_allow_insecure_login:
+            raise ConfigError(
+                "SMTP_USERNAME without SMTP_STARTTLS=true would send the password in clear; "
+                "set SMTP_STARTTLS=true, or SMTP_ALLOW_INSECURE_LOGIN=true if that is intended"
+            )
+        if self.database_pool_size < 0 or self.database_pool_timeout <= 0:
+            raise ConfigError("DATABASE_POOL_SIZE must be 0 or more, DATABASE_POOL_TIMEOUT above 0")
+        if self.web_header_timeout <= 0 or self.web_idle_timeout <= 0:
+            raise ConfigError("WEB_HEADER_TIMEOUT and WEB_IDLE_TIMEOUT must be above 0")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"QUEUE_TYPE must be classic or quorum, not {self.queue_type!r}")
         if not 0 <= self.queued_mark_interval < self.relay_grace_seconds:
@@ -115,6 +159,21 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes).validate()
+
+    @property
+    def web_database_pool_size(self) -> int:
+        return self.database_pool_size or self.web_pool_size
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` names this machine only: localhost, 127.0.0.0/8 or ::1."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bool(raw: str, name: str) -> bool:
@@ -159,6 +218,10 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BENCH_MODES": ("bench_modes", _bool),
     "BENCH_RESULTS_DIR": ("bench_results_dir", str),
     "WEB_POOL_SIZE": ("web_pool_size", _int),
+    "WEB_HEADER_TIMEOUT": ("web_header_timeout", _float),
+    "WEB_IDLE_TIMEOUT": ("web_idle_timeout", _float),
+    "DATABASE_POOL_SIZE": ("database_pool_size", _int),
+    "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", _float),
     "WEB_WORKERS": ("web_workers", _int),
     "TCP_NODELAY": ("tcp_nodelay", _bool),
     "HUB_BLOCK_REPORT_MS": ("hub_block_report_ms", _float),
@@ -170,6 +233,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SMTP_USERNAME": ("smtp_username", str),
     "SMTP_PASSWORD": ("smtp_password", str),
     "SMTP_STARTTLS": ("smtp_starttls", _bool),
+    "SMTP_ALLOW_INSECURE_LOGIN": ("smtp_allow_insecure_login", _bool),
     "SMTP_TIMEOUT": ("smtp_timeout", _float),
     "MAIL_FROM": ("mail_from", str),
     "SMS_GATEWAY_URL": ("sms_gateway_url", str),

@@ -144,6 +144,19 @@ def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) 
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+def pool_options(database_url: str, *, size: int, timeout: float) -> dict[str, Any]:
+    """Pool arguments for a web process: `size` connections, none beyond, `timeout` to wait.
+
+    Sized to the greenlet pool by default, so no request waits for a connection; when an
+    operator sizes it lower (PostgreSQL's max_connections), a request that waits past `timeout`
+    gets sqlalchemy.exc.TimeoutError, which the views answer with 503 and Retry-After.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return {}  # an in-memory database is one connection, not a queue pool
+    return {"pool_size": size, "max_overflow": 0, "pool_timeout": timeout}
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 

@@ -147,7 +147,10 @@ class PikaPublisher:
         connecting = self._connecting
         if connecting is None:
             connecting = self._connecting = gevent.event.Event()
-            self._connect()  # may fail at once, clearing self._connecting
+            # Connecting (topology included) runs in a greenlet of its own, bounded by pika's
+            # socket and stack timeouts: a publisher's budget only stops its own wait, and can
+            # never fire in the middle of the connect and leave it half done.
+            gevent.spawn(self._connect)
         connecting.wait()
         if self._channel is None or not self._channel.is_open:
             raise BrokerUnavailable(f"broker unreachable: {self._last_error}")
@@ -156,19 +159,25 @@ class PikaPublisher:
     # -- connection life cycle (callbacks run on the gevent hub) ------------------------------
 
     def _connect(self) -> None:
-        if not self._topology_declared:
-            try:
+        # Whatever happens here, the greenlets waiting for the connection are released: by
+        # pika's callbacks once it holds the connection, otherwise by the `finally`.
+        handed_to_pika = False
+        try:
+            if not self._topology_declared:
                 declare_topology_once(self._params, self._retry_delays_ms, self._queue_type)
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                self._connect_failed(repr(exc))
-                return
-            self._topology_declared = True
-        self._connection = GeventConnection(
-            self._params,
-            on_open_callback=self._on_connection_open,
-            on_open_error_callback=lambda _conn, exc: self._connect_failed(repr(exc)),
-            on_close_callback=self._on_connection_closed,
-        )
+                self._topology_declared = True
+            self._connection = GeventConnection(
+                self._params,
+                on_open_callback=self._on_connection_open,
+                on_open_error_callback=lambda _conn, exc: self._connect_failed(repr(exc)),
+                on_close_callback=self._on_connection_closed,
+            )
+            handed_to_pika = True
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._connect_failed(repr(exc))
+        finally:
+            if not handed_to_pika and self._connecting is not None:
+                self._connect_failed("connecting was interrupted")
 
     def _connect_failed(self, error: str) -> None:
         log.warning("cannot connect to the broker: %s", error)

@@ -14,6 +14,12 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+# Same-origin requests carry the full Referer, which Flask-WTF's CSRF check demands of every
+# POST over HTTPS (`no-referrer` made every form fail behind TLS); other origins get the origin
+# alone, so a link's token never leaves the site in a Referer.
+REFERRER_POLICY = "strict-origin-when-cross-origin"
+
+
 def init_app(app: Flask) -> None:
     csrf.init_app(app)
     app.after_request(security_headers)
@@ -22,6 +28,6 @@ def init_app(app: Flask) -> None:
 def security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Referrer-Policy", REFERRER_POLICY)
     response.headers.setdefault("X-Frame-Options", "DENY")
     return response

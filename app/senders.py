@@ -20,7 +20,14 @@ class SendError(Exception):
 
 
 class TransientSendError(SendError):
-    """Worth another try later: connection refused, timeout, SMTP 4xx, gateway 5xx."""
+    """Worth another try later: connection refused, timeout, SMTP 4xx, gateway 5xx.
+
+    `retry_after_ms`: how long the remote side asked us to wait (a 429's Retry-After), or 0.
+    """
+
+    def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class PermanentSendError(SendError):

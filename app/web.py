@@ -123,11 +123,17 @@ def verify_phone(user_id: str) -> Response | Page:
     return redirect(url_for("web.status", user_id=user_id), code=303)
 
 
-@bp.get("/verify-email/<token>")
-@limit(VERIFICATION_LIMIT, methods=("GET",))
+@bp.route("/verify-email/<token>", methods=["GET", "POST"])
+@limit(VERIFICATION_LIMIT, methods=("GET", "POST"))
 def verify_email(token: str) -> Page:
+    # GET shows the page with its button and changes nothing: link scanners and mail previews
+    # follow links. The button's POST (CSRF-protected) confirms.
+    confirm = request.method == "POST"
     try:
-        user = accounts.verify_email(get_session(), _settings(), token)
+        if confirm:
+            user = accounts.verify_email(get_session(), _settings(), token)
+        else:
+            user = accounts.check_email_token(get_session(), _settings(), token)
     except accounts.VerificationError as exc:
         outcome = {
             accounts.ExpiredLink: "expired",
@@ -137,7 +143,8 @@ def verify_email(token: str) -> Page:
             "verify_email.html", outcome=outcome, message=exc.message, user=exc.user
         )
         return page, VERIFICATION_STATUS[type(exc)]
-    return render_template("verify_email.html", outcome="confirmed", message="", user=user)
+    outcome = "confirmed" if confirm else "confirm"
+    return render_template("verify_email.html", outcome=outcome, message="", user=user)
 
 
 @bp.errorhandler(RateLimited)

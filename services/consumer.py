@@ -32,7 +32,7 @@ from pika.spec import Basic, BasicProperties
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.jobs import PARKED_EXCHANGE, retry_queue, work_queue
-from app.senders import Sender, TransientSendError
+from app.senders import Sender
 from app.shutdown import on_stop_signals
 from app.topology import connection_parameters, declare_topology
 from services.handlers import (
@@ -224,11 +224,7 @@ class Consumer:
     def _send(self, delivery: Delivery, claim: Claim) -> None:
         try:
             with JOB_SECONDS.labels(self.channel_name).time():
-                result = send_claimed(claim, self.sender)
-        except Exception as exc:
-            # Counted as an attempt like any other failure: nothing retries for ever.
-            log.exception("sending a %s job failed unexpectedly", self.channel_name)
-            result = SendResult(claim, TransientSendError(f"unexpected error: {exc!r}"))
+                result = send_claimed(claim, self.sender)  # never raises: errors are results
         finally:
             self._send_slots.release()
         self._results.put((delivery, result))

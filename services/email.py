@@ -8,6 +8,7 @@ mail to ledger rows.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import time
@@ -16,6 +17,8 @@ from email.header import Header
 from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import parseaddr
+
+from email_validator import EmailNotValidError, validate_email
 
 from app.config import Settings
 from app.jobs import EmailJob
@@ -29,8 +32,27 @@ _UTF8_QP.body_encoding = QP
 _SMTP_LINES = compat32.clone(linesep="\r\n")
 
 
-def build_message(job: EmailJob, mail_from: str) -> MIMEText:
-    """The welcome email as MIME.
+def smtp_address(address: str) -> tuple[str, bool]:
+    """The address as it goes on the wire, and whether it needs SMTPUTF8 (RFC 6531).
+
+    smtplib encodes commands as ASCII: a non-ASCII domain goes in its IDNA form (`xn--`), which
+    every server accepts; a non-ASCII local part has no ASCII form and needs a server that
+    offers SMTPUTF8. Registration accepted the address (email-validator), so it parses here;
+    ASCII addresses, nearly all of them, skip the parse.
+    """
+    if address.isascii():
+        return address, False
+    try:
+        parsed = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise PermanentSendError(f"the address cannot be sent to: {exc}") from None
+    if parsed.ascii_email is not None:
+        return parsed.ascii_email, False
+    return f"{parsed.local_part}@{parsed.ascii_domain}", True
+
+
+def build_message(job: EmailJob, mail_from: str, to: str | None = None) -> MIMEText:
+    """The welcome email as MIME, addressed to `to` (the wire form, default `job.to`).
 
     Built with the email package's compat32 API: the modern `EmailMessage` parses and refolds
     every header through its header registry, which measured 0.85 ms per message against 0.11
@@ -38,7 +60,10 @@ def build_message(job: EmailJob, mail_from: str) -> MIMEText:
     """
     message = MIMEText(job.text, "plain", _UTF8_QP)  # type: ignore[arg-type]
     message["From"] = mail_from
-    message["To"] = job.to
+    to = job.to if to is None else to
+    # An address is never RFC 2047-encoded (that breaks it); a UTF-8 one (SMTPUTF8 only) is
+    # written as raw UTF-8, which compat32 passes through from surrogate escapes.
+    message["To"] = to if to.isascii() else to.encode().decode("ascii", "surrogateescape")
     message["Subject"] = Header(job.subject, "utf-8")  # type: ignore[assignment]
     # Derived from the notification alone: a resend after a crash (sent, but not yet recorded
     # in the ledger) carries the same Message-ID, which mail systems use to fold duplicates.
@@ -73,7 +98,11 @@ class SmtpEmailSender:
         starttls: bool = False,
         timeout: float = 10.0,
         max_idle_sessions: int = 20,
+        allow_insecure_login: bool = False,
     ) -> None:
+        if username and not starttls and not allow_insecure_login:
+            # The same refusal as the settings' (SMTP_ALLOW_INSECURE_LOGIN), for direct callers.
+            raise ValueError("an SMTP login without STARTTLS would send the password in clear")
         self.host = host
         self.port = port
         self.mail_from = mail_from
@@ -96,6 +125,7 @@ class SmtpEmailSender:
             username=settings.smtp_username,
             password=settings.smtp_password,
             starttls=settings.smtp_starttls,
+            allow_insecure_login=settings.smtp_allow_insecure_login,
             timeout=settings.smtp_timeout,
         )
 
@@ -135,11 +165,29 @@ class SmtpEmailSender:
             _close(self._idle.pop()[0])
 
     def send(self, job: EmailJob) -> None:
-        message = build_message(job, self.mail_from)
+        to, needs_smtputf8 = smtp_address(job.to)
+        message = build_message(job, self.mail_from, to)
         smtp: smtplib.SMTP | None = None
         try:
             smtp = self._take_session()
-            smtp.sendmail(self.envelope_from, [job.to], message.as_bytes(policy=_SMTP_LINES))
+            options: list[str] = []
+            if needs_smtputf8:
+                smtp.ehlo_or_helo_if_needed()
+                if not smtp.has_extn("smtputf8"):
+                    raise PermanentSendError(
+                        _masked(
+                            job,
+                            "the mail server does not offer SMTPUTF8, which an address "
+                            "with a non-ASCII local part needs",
+                        )
+                    )
+                options.append("SMTPUTF8")
+            smtp.sendmail(
+                self.envelope_from,
+                [to],
+                message.as_bytes(policy=_SMTP_LINES),
+                mail_options=options,
+            )
             self._return_session(smtp)
             smtp = None
         except smtplib.SMTPRecipientsRefused as exc:
@@ -165,7 +213,11 @@ def _close(smtp: smtplib.SMTP) -> None:
 def _masked(job: EmailJob, detail: str) -> str:
     # Errors are stored on the notification and shown on status pages: servers often quote the
     # recipient in their replies, so the address is masked there.
-    return detail.replace(job.to, mask_email(job.to))
+    masked = detail.replace(job.to, mask_email(job.to))
+    if not job.to.isascii():  # the reply may quote the wire (IDNA) form instead
+        local = job.to.rpartition("@")[0]
+        masked = re.sub(rf"{re.escape(local)}@[\w.-]+", mask_email(job.to), masked)
+    return masked
 
 
 def _classify(code: int, detail: str) -> TransientSendError | PermanentSendError:

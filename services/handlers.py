@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import session_scope
 from app.jobs import Job, MalformedJob, decode_job
 from app.ledger import Failure, notification_statuses, record_sends, take_send_leases
-from app.senders import PermanentSendError, Sender, SendError
+from app.logs import redact
+from app.senders import PermanentSendError, Sender, SendError, TransientSendError
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,16 @@ class RetryPolicy:
     delays_ms: tuple[int, ...]
     send_lease_seconds: float = 30.0
 
-    def delay_after(self, attempts: int) -> int:
-        """Backoff before the next try, after `attempts` failed tries (1-based)."""
-        return self.delays_ms[min(attempts, len(self.delays_ms)) - 1]
+    def delay_after(self, attempts: int, *, at_least_ms: int = 0) -> int:
+        """Backoff before the next try, after `attempts` failed tries (1-based).
+
+        `at_least_ms` is what the remote side asked for (a 429's Retry-After): the shortest
+        configured delay that honours it, since retries wait in one TTL queue per delay.
+        """
+        delay = self.delays_ms[min(attempts, len(self.delays_ms)) - 1]
+        if delay >= at_least_ms:
+            return delay
+        return next((d for d in sorted(self.delays_ms) if d >= at_least_ms), max(self.delays_ms))
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,11 @@ def send_claimed(claim: Claim, sender: Sender[Any]) -> SendResult:
         sender.send(claim.job)
     except SendError as exc:
         return SendResult(claim, exc)
+    except Exception as exc:
+        # Unexpected (a bug, a library's surprise): counted as a transient failure, so it
+        # takes an attempt like any other and nothing retries for ever.
+        log.exception("sending %s failed unexpectedly", claim.job.notification_id)
+        return SendResult(claim, TransientSendError(redact(f"unexpected error: {exc!r}")))
     return SendResult(claim, None)
 
 
@@ -162,7 +175,8 @@ def record_batch(
             verdicts.append(Park(f"gave up after {attempts} attempts: {error}"))
         else:
             failures.append(Failure(notification_id, str(error), "queued"))
-            verdicts.append(Retry(policy.delay_after(attempts), str(error)))
+            wait_ms = error.retry_after_ms if isinstance(error, TransientSendError) else 0
+            verdicts.append(Retry(policy.delay_after(attempts, at_least_ms=wait_ms), str(error)))
     with session_scope(sessions) as session:
         record_sends(session, sent, failures)
     return verdicts

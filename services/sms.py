@@ -13,12 +13,15 @@ request itself.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import urllib3
 from urllib3.exceptions import HTTPError
 
 from app.config import Settings
 from app.jobs import SmsJob
+from app.logs import mask_phone, redact
 from app.senders import PermanentSendError, TransientSendError
 
 # Timeout, too early, rate limited: the gateway asks us to come back, not to give up.
@@ -64,8 +67,29 @@ class HttpSmsSender:
         status = response.status
         if 200 <= status < 300:
             return
-        text = response.data[:200].decode("utf-8", "replace")
-        detail = f"SMS gateway answered {status}: {text!r}"
+        # The reply is stored on the notification and shown on status pages: gateways echo the
+        # number and the message (with its code), so both are masked.
+        reply = response.data.decode("utf-8", "replace").replace(job.body, "[message]")[:200]
+        reply = redact(reply.replace(job.to.lstrip("+"), mask_phone(job.to)))
+        detail = f"SMS gateway answered {status}: {reply!r}"
         if 400 <= status < 500 and status not in _RETRYABLE_4XX:
             raise PermanentSendError(detail)
-        raise TransientSendError(detail)
+        raise TransientSendError(
+            detail, retry_after_ms=retry_after_ms(response.headers.get("Retry-After"))
+        )
+
+
+def retry_after_ms(value: str | None) -> int:
+    """A Retry-After header (seconds, or an HTTP date) in milliseconds; 0 when absent or bad."""
+    if not value:
+        return 0
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return int(value) * 1000
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0, int((moment - datetime.now(UTC)).total_seconds() * 1000))

@@ -55,7 +55,7 @@ def database_url(migrated_template: Path, tmp_path: Path) -> str:
 def settings(database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
-        secret_key="test-secret",
+        secret_key="test-secret-at-least-32-bytes-long",
         base_url="http://testserver",
         dispatch_mode="queued",
         # WebTest drives the app without running gevent's hub, so a deferred mark would never

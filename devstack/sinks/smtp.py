@@ -148,8 +148,11 @@ class SmtpSink:
         delay: float = 0.05,
         failure_rate: float = 0.0,
         permanent_failure_rate: float = 0.0,
+        smtputf8: bool = True,
     ) -> None:
         self.host = host
+        # Offer SMTPUTF8 (RFC 6531), as most mail servers do; off, to test a server without it.
+        self.smtputf8 = smtputf8
         self.port = port
         self.record_path = Path(record_path)
         self._records = RecordFile(self.record_path)
@@ -195,6 +198,7 @@ class SmtpSink:
             port=self.port,
             server_hostname=SERVER_HOSTNAME,
             ready_timeout=10.0,
+            enable_SMTPUTF8=self.smtputf8,
         )
         controller.start()
         self._controller = controller

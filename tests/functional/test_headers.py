@@ -40,7 +40,7 @@ def test_security_headers_on_every_response(testapp):
         assert "frame-ancestors 'none'" in csp, name
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp, name
         assert headers.get("X-Content-Type-Options") == "nosniff", name
-        assert headers.get("Referrer-Policy") == "no-referrer", name
+        assert headers.get("Referrer-Policy") == "strict-origin-when-cross-origin", name
         assert headers.get("X-Frame-Options") == "DENY", name
 
 

@@ -37,7 +37,8 @@ def test_production_starts_with_a_real_secret_key(database_url, publisher):
         assert read_email_token(secret, token, max_age=60).user_id == user["id"]
         with pytest.raises(InvalidToken):
             read_email_token(DEFAULT_SECRET_KEY, token, max_age=60)
-        testapp.get(f"/verify-email/{token}", status=200)
+        page = testapp.get(f"/verify-email/{token}", status=200)
+        page.forms["verify-email-form"].submit()
         assert testapp.get(f"/api/users/{user['id']}").json["user"]["email_verified"] is True
     finally:
         offload(app).engine.dispose()

@@ -13,7 +13,13 @@ from app.config import _VARIABLES, DEFAULT_SECRET_KEY, ConfigError, Settings, lo
 # limits, which create_app parses and refuses (tests/functional/test_rate_limits.py).
 VARIABLES = [
     ("OFFLOAD_ENV", "environment", "staging", "staging", None),
-    ("SECRET_KEY", "secret_key", "s3cr3t", "s3cr3t", None),
+    (
+        "SECRET_KEY",
+        "secret_key",
+        "another-secret-of-32-bytes-or-more",
+        "another-secret-of-32-bytes-or-more",
+        None,
+    ),
     ("DATABASE_URL", "database_url", "postgresql://db/offload", "postgresql://db/offload", None),
     ("DATABASE_BUSY_TIMEOUT", "database_busy_timeout", "2.5", 2.5, "soon"),
     ("AMQP_URL", "amqp_url", "amqp://u:p@mq:5672/v", "amqp://u:p@mq:5672/v", None),
@@ -26,6 +32,10 @@ VARIABLES = [
     ("BENCH_RESULTS_DIR", "bench_results_dir", "/tmp/bench", "/tmp/bench", None),
     ("WEB_POOL_SIZE", "web_pool_size", "250", 250, "many"),
     ("WEB_WORKERS", "web_workers", "4", 4, "2.5"),
+    ("WEB_HEADER_TIMEOUT", "web_header_timeout", "3", 3.0, "0"),
+    ("WEB_IDLE_TIMEOUT", "web_idle_timeout", "4", 4.0, "-1"),
+    ("DATABASE_POOL_SIZE", "database_pool_size", "40", 40, "-1"),
+    ("DATABASE_POOL_TIMEOUT", "database_pool_timeout", "2", 2.0, "0"),
     ("TCP_NODELAY", "tcp_nodelay", "off", False, "nagle"),
     ("HUB_BLOCK_REPORT_MS", "hub_block_report_ms", "20", 20.0, "some"),
     ("SINK_DELAY_MS", "sink_delay_ms", "7", 7.0, "slow"),
@@ -37,6 +47,7 @@ VARIABLES = [
     ("SMTP_USERNAME", "smtp_username", "mailer", "mailer", None),
     ("SMTP_PASSWORD", "smtp_password", "hunter2", "hunter2", None),
     ("SMTP_STARTTLS", "smtp_starttls", "on", True, "maybe"),
+    ("SMTP_ALLOW_INSECURE_LOGIN", "smtp_allow_insecure_login", "yes", True, "maybe"),
     ("SMTP_TIMEOUT", "smtp_timeout", "7", 7.0, "7s"),
     ("MAIL_FROM", "mail_from", "Ada <ada@example.com>", "Ada <ada@example.com>", None),
     ("SMS_GATEWAY_URL", "sms_gateway_url", "http://sms/send", "http://sms/send", None),
@@ -57,6 +68,11 @@ VARIABLES = [
     ("RATE_LIMIT_TRUSTED_PROXIES", "rate_limit_trusted_proxies", "2", 2, "one"),
 ]
 ROWS = {row[0]: row for row in VARIABLES}
+# Every row is read on top of this: a key long enough for any BASE_URL (the default key is
+# refused away from loopback), so each row changes only what it names.
+BASE = {"SECRET_KEY": "a-test-secret-of-32-bytes-or-more"}
+# Variables that are refused on their own, and what they need beside them.
+CONTEXT = {"SMTP_USERNAME": ({"SMTP_STARTTLS": "on"}, {"smtp_starttls"})}
 DEFAULTS = Settings()
 
 
@@ -81,15 +97,17 @@ def test_every_variable_has_a_row_here():
 
 @pytest.mark.parametrize(("variable", "field", "sample", "value", "_bad"), VARIABLES)
 def test_each_variable_sets_its_field_and_nothing_else(variable, field, sample, value, _bad):
-    settings = load_settings({variable: sample})
+    baseline = load_settings(BASE)
+    context, context_fields = CONTEXT.get(variable, ({}, set()))
+    settings = load_settings({**BASE, **context, variable: sample})
     assert getattr(settings, field) == value
     assert type(getattr(settings, field)) is type(value)  # "7" is 7.0 for a float, not 7
-    assert value != getattr(DEFAULTS, field), "the sample must differ from the default"
+    assert value != getattr(baseline, field), "the sample must differ from the default"
     changed = {
-        f.name for f in fields(Settings) if getattr(settings, f.name) != getattr(DEFAULTS, f.name)
+        f.name for f in fields(Settings) if getattr(settings, f.name) != getattr(baseline, f.name)
     }
     # PORT without BASE_URL moves the links too (see below).
-    assert changed == {field} | ({"base_url"} if variable == "PORT" else set())
+    assert changed == {field} | context_fields | ({"base_url"} if variable == "PORT" else set())
 
 
 @pytest.mark.parametrize(
@@ -97,7 +115,7 @@ def test_each_variable_sets_its_field_and_nothing_else(variable, field, sample, 
 )
 def test_a_bad_value_names_its_variable(variable, bad):
     with pytest.raises(ConfigError, match=names(variable)):
-        load_settings({variable: bad})
+        load_settings({**BASE, variable: bad})
 
 
 @pytest.mark.parametrize("text", ["1", "true", "Yes", " ON "])
@@ -112,11 +130,12 @@ def test_false_spellings(text):
 
 def test_port_without_base_url_moves_the_links_too():
     assert load_settings({"PORT": "9000"}).base_url == "http://127.0.0.1:9000"
-    assert load_settings({"HOST": "10.0.0.5", "PORT": "9000"}).base_url == "http://10.0.0.5:9000"
+    away = {**BASE, "HOST": "10.0.0.5", "PORT": "9000"}
+    assert load_settings(away).base_url == "http://10.0.0.5:9000"
 
 
 def test_base_url_wins_over_port():
-    settings = load_settings({"PORT": "9000", "BASE_URL": "https://offload.example"})
+    settings = load_settings({**BASE, "PORT": "9000", "BASE_URL": "https://offload.example"})
     assert settings.base_url == "https://offload.example"
 
 
@@ -127,6 +146,7 @@ def test_production_refuses_the_default_secret(environ):
 
 
 def test_production_accepts_a_real_secret():
-    settings = load_settings({"OFFLOAD_ENV": "production", "SECRET_KEY": "s3cr3t-from-a-vault"})
+    secret = "s3cr3t-from-a-vault-32-bytes-or-more"
+    settings = load_settings({"OFFLOAD_ENV": "production", "SECRET_KEY": secret})
     assert settings.environment == "production"
-    assert settings.secret_key == "s3cr3t-from-a-vault"
+    assert settings.secret_key == secret

@@ -1,0 +1,78 @@
+"""What the SMS sender keeps of a gateway's refusal: its Retry-After, and no number or code."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from app.jobs import SmsJob
+from app.senders import PermanentSendError, TransientSendError
+from services.sms import HttpSmsSender
+
+JOB = SmsJob(
+    notification_id="n1",
+    to="+447911123456",
+    body="Your Offload verification code is 428193. It expires in 15 minutes.",
+)
+
+
+class Gateway(BaseHTTPRequestHandler):
+    status = 429
+    headers_out: dict[str, str] = {}
+
+    def do_POST(self) -> None:
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        # Gateways echo what they were sent: the number (with and without +) and the text.
+        reply = json.dumps(
+            {
+                "error": "refused",
+                "to": payload["to"],
+                "msisdn": payload["to"][1:],
+                "text": payload["body"],
+            }
+        ).encode()
+        self.send_response(self.status)
+        for name, value in self.headers_out.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/messages"
+    server.shutdown()
+    server.server_close()
+
+
+def assert_masked(detail: str) -> None:
+    assert "447911123456" not in detail
+    assert "428193" not in detail
+
+
+def test_429_retry_after_is_kept_and_the_reply_masked(gateway):
+    Gateway.status, Gateway.headers_out = 429, {"Retry-After": "7"}
+    with pytest.raises(TransientSendError) as caught:
+        HttpSmsSender(gateway, timeout=5).send(JOB)
+    assert caught.value.retry_after_ms == 7000
+    assert "429" in str(caught.value)
+    assert_masked(str(caught.value))
+
+
+def test_a_permanent_refusal_is_stored_masked(gateway):
+    Gateway.status, Gateway.headers_out = 400, {}
+    with pytest.raises(PermanentSendError) as caught:
+        HttpSmsSender(gateway, timeout=5).send(JOB)
+    assert "400" in str(caught.value)
+    assert_masked(str(caught.value))
