@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 from datetime import timedelta
 
 import gevent
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -21,6 +22,10 @@ from app.db import session_scope
 from app.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
+
+# The consumers' batch statements go through SQLAlchemy Core on the table: the ORM's bulk-UPDATE
+# path adds more CPU than the statement itself, and these run for every job.
+NOTIFICATIONS = cast(Table, Notification.__table__)
 
 MAX_ERROR_LENGTH = 1000
 
@@ -141,16 +146,15 @@ def take_send_leases(
     run out, is left alone and not returned.
     """
     now = utcnow()
-    rows = session.execute(
-        update(Notification)
+    rows = session.connection().execute(
+        update(NOTIFICATIONS)
         .where(
-            Notification.id.in_(notification_ids),
-            Notification.status != "sent",
-            or_(Notification.send_lease_until.is_(None), Notification.send_lease_until < now),
+            NOTIFICATIONS.c.id.in_(notification_ids),
+            NOTIFICATIONS.c.status != "sent",
+            or_(NOTIFICATIONS.c.send_lease_until.is_(None), NOTIFICATIONS.c.send_lease_until < now),
         )
         .values(send_lease_until=now + timedelta(seconds=seconds))
-        .returning(Notification.id, Notification.attempts)
-        .execution_options(synchronize_session=False)
+        .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.attempts)
     )
     return {notification_id: attempts for notification_id, attempts in rows}
 
@@ -171,35 +175,34 @@ class Failure:
 
 
 _RECORD_FAILURE = (
-    update(Notification)
-    .where(Notification.id == bindparam("failed_id"))
+    update(NOTIFICATIONS)
+    .where(NOTIFICATIONS.c.id == bindparam("failed_id"))
     .values(
-        attempts=Notification.attempts + 1,
+        attempts=NOTIFICATIONS.c.attempts + 1,
         status=bindparam("new_status"),
         last_error=bindparam("error"),
         send_lease_until=None,
     )
-    .execution_options(synchronize_session=False)
 )
 
 
 def record_sends(session: Session, sent_ids: Sequence[str], failures: Sequence[Failure]) -> None:
     """Record the results of a batch of sends in one transaction, and commit."""
+    connection = session.connection()
     if sent_ids:
-        session.execute(
-            update(Notification)
-            .where(Notification.id.in_(sent_ids))
+        connection.execute(
+            update(NOTIFICATIONS)
+            .where(NOTIFICATIONS.c.id.in_(sent_ids))
             .values(
                 status="sent",
-                attempts=Notification.attempts + 1,
+                attempts=NOTIFICATIONS.c.attempts + 1,
                 sent_at=utcnow(),
                 last_error=None,
                 send_lease_until=None,
             )
-            .execution_options(synchronize_session=False)
         )
     if failures:
-        session.connection().execute(
+        connection.execute(
             _RECORD_FAILURE,
             [
                 {
