@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 from datetime import timedelta
+from typing import cast
 
 import gevent
 from sqlalchemy import Table, bindparam, or_, select, update
