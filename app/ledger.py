@@ -52,8 +52,9 @@ def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
 class QueuedMarker:
     """Marks the rows the broker confirmed `queued`, in batches, off the request's path.
 
-    A confirmed publish leaves its rows `pending` for up to `interval` seconds; one UPDATE then
-    marks every row confirmed meanwhile. That costs one small transaction per batch instead of
+    The broker's confirm arrives (in a callback on the hub) after the response has gone; its rows
+    stay `pending` for up to `interval` seconds more, then one UPDATE marks every row confirmed
+    meanwhile. That costs one small transaction per batch instead of
     one per registration. Nothing depends on the mark but the relay, which leaves a pending row
     alone for RELAY_GRACE_SECONDS: a mark lost with its process only means the relay publishes
     those jobs again, and the consumers' ledger check keeps that from sending anything twice.
@@ -70,9 +71,10 @@ class QueuedMarker:
         for notification in notifications:
             notification.status = "queued"  # what the response shows; the row follows
         self._ids.extend(n.id for n in notifications)
-        if self.interval <= 0:
+        if self.interval <= 0 and gevent.getcurrent() is not gevent.get_hub():
             self.flush()
         elif self._flusher is None:
+            # A confirm arrives in a callback on the hub, which must not wait for the database.
             self._flusher = gevent.spawn_later(self.interval, self.flush)
 
     def flush(self) -> None:

@@ -163,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"email jobs per side for the Celery comparison; 0 skips (default {d.peer_jobs})",
     )
     parser.add_argument(
+        "--dispatch-jobs",
+        type=int,
+        default=200,
+        metavar="N",
+        help="jobs per cell of the round-robin / fair-dispatch part (bench.dispatch, its own "
+        "brokers); 0 skips it and the consumer-scaling part (default 200)",
+    )
+    parser.add_argument(
         "--servers",
         type=_servers,
         default=d.servers,
@@ -284,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         results = run_bench(options, progress)
+        if args.dispatch_jobs > 0:
+            from bench.dispatch import run_dispatch
+
+            progress("dispatch: round-robin against fair dispatch, then consumer scaling")
+            results["dispatch"] = run_dispatch(
+                options.run_dir / "dispatch", args.dispatch_jobs, scaling_jobs=1500
+            )
     except (BrokerNodeError, StackError, RunDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

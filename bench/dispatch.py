@@ -15,6 +15,8 @@ scaling        drain rate against consumer processes x sends in flight per proce
 Per consumer it reports the jobs it took (its `offload_jobs_total`) and its idle time (the drain
 time less the time it spent sending, from `offload_job_seconds`, per send slot).
 
+`make bench` runs both (`--dispatch-jobs 0` skips them); on their own:
+
     python -m bench.dispatch [--jobs 200] [--out bench-results]
 """
 
@@ -30,12 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pika
+import pika.exceptions
+
 from app.config import Settings
 from app.db import make_engine, make_session_factory, session_scope
-from app.jobs import Job, job_from_dict
+from app.jobs import Job, job_from_dict, work_queue
 from app.messaging import PikaPublisher
 from app.migrate import upgrade
 from app.registration import Registration, register_user
+from app.topology import connection_parameters
 from bench.sinkwatch import RecordTail
 from bench.users import UserFactory
 from devstack.sinks.process import free_port, start_sink_process
@@ -142,6 +148,9 @@ class DispatchLab:
                 },
             )
         try:
+            # "started" is printed before a consumer subscribes: wait until all have, or the
+            # first would be handed everything.
+            self.wait_for_consumers(processes)
             self.tail.poll()
             before = self.tail.count
             started = time.time()
@@ -173,6 +182,31 @@ class DispatchLab:
                 for f in figures
             ],
         }
+
+    def wait_for_consumers(self, count: int, timeout: float = 30.0) -> None:
+        connection = pika.BlockingConnection(connection_parameters(self.stack.amqp_url))
+        try:
+            deadline = time.monotonic() + timeout
+            subscribed = 0
+            while True:
+                try:
+                    # A fresh channel each time: a passive declare of a queue no consumer has
+                    # declared yet closes its channel (404).
+                    channel = connection.channel()
+                    declared = channel.queue_declare(work_queue("email"), passive=True)
+                    subscribed = declared.method.consumer_count
+                    channel.close()
+                except pika.exceptions.ChannelClosedByBroker:
+                    subscribed = 0
+                if subscribed >= count:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"only {declared.method.consumer_count} of {count} consumers subscribed"
+                    )
+                time.sleep(0.05)
+        finally:
+            connection.close()
 
 
 def scrape(port: int) -> ConsumerFigures:
@@ -232,67 +266,113 @@ def describe_fair(cell: dict[str, Any]) -> str:
     )
 
 
-def draw(results: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw(results: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    """The fair-dispatch and scaling charts (their entries for results.json and /compare)."""
     import matplotlib.pyplot as plt
 
-    written = []
-    fair = results["fair_dispatch"]
-    fig, (jobs_ax, drain_ax) = plt.subplots(1, 2, figsize=(11, 5))
-    labels, takes, idles = [], [], []
-    for cell in fair:
-        for index, consumer in enumerate(cell["consumers"]):
-            labels.append(f"{cell['processes']} cons., prefetch {cell['prefetch']}: #{index + 1}")
-            takes.append(consumer["jobs"])
-            idles.append(consumer["idle_s"])
-    positions = range(len(labels))
-    jobs_ax.bar(positions, takes, color="#4c72b0", label="jobs taken")
-    idle_ax = jobs_ax.twinx()
-    idle_ax.plot(positions, idles, "o", color="#c44e52", label="idle s")
-    jobs_ax.set_xticks(list(positions), labels, fontsize=7, rotation=90)
-    jobs_ax.set_ylabel("jobs taken")
-    idle_ax.set_ylabel("idle seconds")
-    jobs_ax.set_title("per consumer: jobs taken (bars), idle (dots)")
-    for prefetch, color in zip(PREFETCHES, ("#55a868", "#8172b2"), strict=True):
-        cells = [c for c in fair if c["prefetch"] == prefetch]
-        drain_ax.plot(
-            [c["processes"] for c in cells],
-            [c["drain_s"] for c in cells],
-            "o-",
-            color=color,
-            label=f"prefetch {prefetch}",
-        )
-    drain_ax.set_xlabel("consumer processes (one send at a time each)")
-    drain_ax.set_ylabel("drain time (s)")
-    drain_ax.set_title("uneven jobs: 1 in 5 ten times slower")
-    drain_ax.legend()
-    fig.tight_layout()
-    path = out / "dispatch.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    from bench.charts import save_chart  # also selects the file-only backend
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for concurrency in sorted({c["concurrency"] for c in results["scaling"]}):
-        cells = [c for c in results["scaling"] if c["concurrency"] == concurrency]
-        ax.plot(
-            [c["processes"] for c in cells],
-            [c["rate"] for c in cells],
-            "o-",
-            label=f"{concurrency} sends in flight each",
+    charts = []
+    fair = results.get("fair_dispatch") or []
+    if fair:
+        figure, (jobs_ax, drain_ax) = plt.subplots(1, 2, figsize=(11, 5))
+        labels, takes, idles = [], [], []
+        for cell in fair:
+            for index, consumer in enumerate(cell["consumers"]):
+                labels.append(
+                    f"{cell['processes']} cons., prefetch {cell['prefetch']}: #{index + 1}"
+                )
+                takes.append(consumer["jobs"])
+                idles.append(consumer["idle_s"])
+        positions = list(range(len(labels)))
+        jobs_ax.bar(positions, takes, color="#4c72b0")
+        idle_ax = jobs_ax.twinx()
+        idle_ax.plot(positions, idles, "o", color="#c44e52")
+        jobs_ax.set_xticks(positions, labels, fontsize=7, rotation=90)
+        jobs_ax.set_ylabel("jobs taken (bars)")
+        idle_ax.set_ylabel("idle seconds (dots)")
+        jobs_ax.set_title("each consumer: jobs taken and time idle")
+        for prefetch, colour in zip(PREFETCHES, ("#55a868", "#8172b2"), strict=True):
+            cells = [c for c in fair if c["prefetch"] == prefetch]
+            drain_ax.plot(
+                [c["processes"] for c in cells],
+                [c["drain_s"] for c in cells],
+                "o-",
+                color=colour,
+                label=f"prefetch {prefetch}",
+            )
+        drain_ax.set_xlabel("consumer processes (one send at a time each)")
+        drain_ax.set_ylabel("drain time (s)")
+        drain_ax.set_title("uneven jobs: 1 in 5 ten times slower")
+        drain_ax.legend()
+        charts.append(
+            save_chart(
+                figure,
+                out,
+                "dispatch.png",
+                "Round-robin and fair dispatch",
+                "Jobs taken and idle time per consumer, and drain time, for 1, 2 and 4 consumers "
+                "at prefetch 1 and 100, on jobs of uneven cost.",
+            )
         )
-    ax.set_xlabel("consumer processes")
-    ax.set_ylabel("jobs drained per second")
-    ax.set_title(f"scaling consumers ({SCALING_DELAY_MS:g} ms per send)")
-    ax.legend()
-    fig.tight_layout()
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-    return written
+    scaling = results.get("scaling") or []
+    if scaling:
+        figure, ax = plt.subplots(figsize=(6, 4))
+        for concurrency in sorted({c["concurrency"] for c in scaling}):
+            cells = [c for c in scaling if c["concurrency"] == concurrency]
+            ax.plot(
+                [c["processes"] for c in cells],
+                [c["rate"] for c in cells],
+                "o-",
+                label=f"{concurrency} sends in flight each",
+            )
+        ax.set_xlabel("consumer processes")
+        ax.set_ylabel("jobs drained per second")
+        ax.set_title(f"scaling consumers ({SCALING_DELAY_MS:g} ms per send)")
+        ax.legend()
+        charts.append(
+            save_chart(
+                figure,
+                out,
+                "scaling.png",
+                "Scaling consumers",
+                "Jobs drained per second against consumer processes, for 1, 10 and 50 sends in "
+                "flight per process.",
+            )
+        )
+    return charts
+
+
+def run_dispatch(run_dir: Path, jobs: int, scaling_jobs: int) -> dict[str, Any]:
+    """Both parts (the `make bench` part; `jobs` per fair-dispatch cell)."""
+    return {
+        "fair_dispatch": run_fair_dispatch(run_dir, jobs),
+        "scaling": run_scaling(run_dir, scaling_jobs) if scaling_jobs else [],
+        "slow_share": SLOW_SHARE,
+        "slow_factor": SLOW_FACTOR,
+        "fair_delay_ms": FAIR_DELAY_MS,
+        "scaling_delay_ms": SCALING_DELAY_MS,
+    }
+
+
+def report_lines(dispatch: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"dispatch: one email queue, consumers sending one job at a time; one job in "
+        f"{round(1 / dispatch['slow_share'])} takes {dispatch['slow_factor']:g} x "
+        f"{dispatch['fair_delay_ms']:g} ms",
+    ]
+    lines += [describe_fair(cell) for cell in dispatch["fair_dispatch"]]
+    if dispatch["scaling"]:
+        lines.append(
+            f"scaling: jobs drained per second ({dispatch['scaling_delay_ms']:g} ms per send), "
+            "processes x sends in flight each"
+        )
+        lines += [
+            f"  {c['processes']} x {c['concurrency']:>2}: {c['rate']:7.0f} jobs/s"
+            for c in dispatch["scaling"]
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,11 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir, out = Path(args.run_dir), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"fair_dispatch": run_fair_dispatch(run_dir, args.jobs)}
-    results["scaling"] = [] if args.skip_scaling else run_scaling(run_dir, args.scaling_jobs)
+    results = run_dispatch(run_dir, args.jobs, 0 if args.skip_scaling else args.scaling_jobs)
     (out / "dispatch.json").write_text(json.dumps(results, indent=2))
-    charts = draw(results, out) if results["scaling"] else []
-    print(f"results: {out / 'dispatch.json'}; charts: {', '.join(map(str, charts))}")
+    charts = draw(results, out)
+    print("\n".join(report_lines(results)))
+    print(f"results: {out / 'dispatch.json'}; charts: {', '.join(c['file'] for c in charts)}")
     return 0
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from sqlalchemy import update
 
 from app.config import Settings, load_settings
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 WARMUP_JOBS = 10
 WORKER_START_TIMEOUT = 60.0
 PUBLISH_TIMEOUT = 5.0
+# Publishes that each wait for their confirm, shown beside the request path's figure.
+CONFIRMED_JOBS = 200
 
 
 class PeerError(RuntimeError):
@@ -104,6 +107,7 @@ class Sides:
         )
         self.celery = make_celery(settings)
         self.task = self.celery.tasks[TASK_NAME]
+        self.confirmed = 0  # confirms received for publishes that did not wait for them
 
     def close(self) -> None:
         self.publisher.close()
@@ -159,7 +163,28 @@ class Sides:
         return jobs
 
     def publish_offload(self, job: EmailJob) -> None:
+        """What Offload's request path pays: the frames. The confirm comes later, on the hub."""
+        self.publisher.publish([job], timeout=PUBLISH_TIMEOUT, on_confirmed=self.count_confirm)
+
+    def count_confirm(self) -> None:
+        self.confirmed += 1
+
+    def publish_offload_confirmed(self, job: EmailJob) -> None:
+        """The broker's whole round trip: publish, then wait for its confirm (the relay's way)."""
         self.publisher.publish([job], timeout=PUBLISH_TIMEOUT)
+
+    def confirmed_round(self, count: int) -> list[float]:
+        """Per-publish ms when each publish waits for its confirm (for the report, not a target)."""
+        with session_scope(self.sessions) as db:
+            jobs, notifications = self.offload_jobs(db, count)
+            latencies = []
+            for job in jobs:
+                begun = time.perf_counter()
+                self.publish_offload_confirmed(job)
+                latencies.append((time.perf_counter() - begun) * 1000)
+            mark_queued(db, notifications)
+        self.wait_received("offload", jobs, timeout=self.session.delivery_timeout(count))
+        return latencies
 
     def publish_celery(self, job: EmailJob) -> None:
         self.task.delay(job.notification_id, job.to, job.subject, job.text)
@@ -175,10 +200,17 @@ class Sides:
                 publish = self.publish_celery
             latencies: list[float] = []
             first = time.time()
+            expected_confirms = self.confirmed + len(notifications)
             for job in jobs:
                 begun = time.perf_counter()
                 publish(job)
                 latencies.append((time.perf_counter() - begun) * 1000)
+                # Let the hub write the frames and take confirms, as a web process's hub does
+                # between requests (not timed: the request does not wait for it either).
+                gevent.sleep(0)
+            deadline = time.monotonic() + PUBLISH_TIMEOUT * 10
+            while self.confirmed < expected_confirms and time.monotonic() < deadline:
+                gevent.sleep(0.001)
             if notifications:
                 # As the request path does after its publish: the relay leaves queued rows alone.
                 mark_queued(db, notifications)
@@ -265,8 +297,13 @@ def run_peer(session: BenchSession, jobs: int) -> dict[str, Any]:
         progress_line(session, summary)
         with sink_delay(session, 0.0):
             zero = [sides.run_backlog_round(side, half, concurrency) for side in order]
+            confirmed = sides.confirmed_round(min(half, CONFIRMED_JOBS))
         summary["zero_delay"] = summarize_rounds(session, zero, half, concurrency, 0.0)
         summary["zero_delay"]["method"] = "backlog"
+        waited = summarize(confirmed)
+        summary["zero_delay"]["offload"]["publish_confirmed_ms"] = {
+            k: finite_or_none(waited[k]) for k in ("p50", "p95", "p99", "max")
+        }
         progress_line(session, summary["zero_delay"])
     finally:
         sides.close()

@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from app.bench_results import SCHEMA
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.db import make_engine
 from app.models import Notification
 from bench import cpu
@@ -86,7 +86,8 @@ class BenchOptions:
     rounds: int = 3
     warmup: float = 0.5  # seconds before each slice's measurement
     delay_ms: float = 50.0
-    consumer_concurrency: int = 10
+    # The production default (CONSUMER_CONCURRENCY); the Celery worker gets the same.
+    consumer_concurrency: int = Settings().consumer_concurrency
     modes: tuple[str, ...] = MODES
     nodelay: bool = True  # False: the whole run without TCP_NODELAY on the server
     nagle_duration: float = 3.0  # per mode at concurrency 1 without TCP_NODELAY; 0 skips
@@ -180,6 +181,7 @@ class BenchSession:
             mode, concurrency, warmup=self.options.warmup, duration=duration, rate=rate
         )
         stalls_before = self.stalls.count()
+        relayed_before = self.relayed_count()
         before = self.cpu_sample()
         result = self.load(spec)
         expected_status = 200 if mode == NOOP else 201
@@ -191,9 +193,20 @@ class BenchSession:
             self.measure_delivery(piece, expected_status)
             self.wait_recorded()
         piece.cpu = cpu.difference(before, self.cpu_sample())
+        piece.relayed = self.relayed_count() - relayed_before
         if self.options.hub_block_ms > 0:
             piece.stalls = self.stalls.count() - stalls_before
         return piece
+
+    def relayed_count(self) -> int:
+        """Notifications the outbox relay has claimed so far (the request path never does)."""
+        query = (
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.claimed_by.is_not(None))
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def wait_recorded(self, timeout: float = RECORD_TIMEOUT) -> int:
         """Until no notification is left pending or queued (bounded); return how many are.

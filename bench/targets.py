@@ -392,7 +392,7 @@ def peer_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     title = (
         f"sink at 0 ms: Offload's publish p50 at most {PEER_PUBLISH_FACTOR:g} x Celery delay() "
-        "with confirm_publish"
+        "with confirm_publish (each as its caller pays it: Offload's outbox lets it not wait)"
     )
     mine = zero and zero["offload"]["publish_ms"]["p50"]
     theirs = zero and zero["celery"]["publish_ms"]["p50"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.dispatch import PREFETCHES, draw, run_fair_dispatch, run_scaling
+from bench.dispatch import PREFETCHES, draw, report_lines, run_fair_dispatch, run_scaling
 from tests.conftest import require
+
+REPORT_KEYS = ("slow_share", "slow_factor", "fair_delay_ms", "scaling_delay_ms")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,5 +36,9 @@ def test_scaling_and_charts(tmp_path, fair):
     assert [(c["processes"], c["delivered"]) for c in scaling] == [(1, 40), (2, 40)]
     assert all(c["rate"] > 0 for c in scaling)
     charts = draw({"fair_dispatch": fair, "scaling": scaling}, tmp_path)
-    assert [p.name for p in charts] == ["dispatch.png", "scaling.png"]
-    assert all(p.stat().st_size > 1000 for p in charts)
+    assert [c["file"] for c in charts] == ["dispatch.png", "scaling.png"]
+    assert all((tmp_path / c["file"]).stat().st_size > 1000 for c in charts)
+    lines = report_lines(
+        {"fair_dispatch": fair, "scaling": scaling, **{k: 1.0 for k in REPORT_KEYS}}
+    )
+    assert sum("fair " in line for line in lines) == len(fair)
