@@ -37,10 +37,23 @@ def _count_block(event: object) -> None:
     if isinstance(event, events.EventLoopBlocked):
         HUB_BLOCKS.inc()
         log.warning(
-            "the event loop was held for over %.0f ms by %s",
+            "the event loop was held for over %.0f ms by %s, at %s",
             event.blocking_time * 1000,
             event.greenlet,
+            _innermost_frames(event.info),
         )
+
+
+def _innermost_frames(report: list[str], count: int = 3) -> str:
+    """The last few frames of the blocked stack, innermost first. A stall with none of this
+    process's own frames on top is usually the process waiting for a CPU, not its code."""
+    frames = [
+        line.strip().replace('File "', "").replace('", line ', ":")
+        for chunk in report
+        for line in str(chunk).splitlines()
+        if line.strip().startswith('File "')
+    ]
+    return " <- ".join(reversed(frames[-count:])) or "an unknown place"
 
 
 def freeze_startup_heap() -> None:
