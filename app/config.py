@@ -90,8 +90,9 @@ class Settings:
     relay_interval: float = 1.0
     relay_batch_size: int = 200
     # A pending outbox row younger than this belongs to the request that wrote it; the relay
-    # leaves it alone so the normal path is not published twice.
-    relay_grace_seconds: float = 5.0
+    # leaves it alone so the normal path is not published twice. Longer than the longest
+    # inline send (SMTP_TIMEOUT + SMS_TIMEOUT, one after the other in serial mode).
+    relay_grace_seconds: float = 30.0
     # How long a consumer owns a notification while sending it; longer than any send may take.
     send_lease_seconds: float = 30.0
     verification_max_age: int = 48 * 3600
@@ -151,6 +152,12 @@ class Settings:
                 "QUEUED_MARK_INTERVAL must be at least 0 and below RELAY_GRACE_SECONDS, "
                 f"not {self.queued_mark_interval!r}"
             )
+        if not self.relay_grace_seconds > self.inline_send_seconds:
+            raise ConfigError(
+                "RELAY_GRACE_SECONDS must be longer than the longest inline send, "
+                f"SMTP_TIMEOUT + SMS_TIMEOUT ({self.inline_send_seconds:g} s), "
+                f"not {self.relay_grace_seconds!r}"
+            )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
         if not self.sink_delay_ms >= 0:  # also refuses nan
@@ -159,6 +166,11 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes).validate()
+
+    @property
+    def inline_send_seconds(self) -> float:
+        """The longest a request's own sends may take (serial: one after the other)."""
+        return self.smtp_timeout + self.sms_timeout
 
     @property
     def web_database_pool_size(self) -> int:

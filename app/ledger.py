@@ -7,17 +7,18 @@ and by the consumers, so every mode leaves the same trace. Each function commits
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 import gevent
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import session_scope
+from app.db import database_now, session_scope
 from app.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,16 @@ class QueuedMarker:
         self.flush()
 
 
+def new_lease_token() -> str:
+    return uuid.uuid4().hex
+
+
 def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> None:
-    """Record the request's own sends (serial and parallel modes) in one transaction."""
+    """Record the request's own sends (serial and parallel modes) in one transaction.
+
+    The rows were written holding a send lease (app/registration.py); each UPDATE is
+    conditional on its token, like the consumers' record.
+    """
     now = utcnow()
     for outcome in outcomes:
         notification = outcome.notification
@@ -106,8 +115,16 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
             }
         session.execute(
             update(Notification)
-            .where(Notification.id == notification.id)
-            .values(attempts=Notification.attempts + 1, send_lease_until=None, **values)
+            .where(
+                Notification.id == notification.id,
+                Notification.send_lease_token == notification.send_lease_token,
+            )
+            .values(
+                attempts=Notification.attempts + 1,
+                send_lease_until=None,
+                send_lease_token=None,
+                **values,
+            )
             .execution_options(synchronize_session=False)
         )
         for name, value in values.items():
@@ -127,28 +144,35 @@ class InlineOutcome:
 
 def take_send_lease(session: Session, notification: Notification, seconds: float) -> bool:
     """Claim the right to send this notification now; False if another consumer holds it."""
-    leased = take_send_leases(session, [notification.id], seconds)
+    leased = take_send_leases(session, [notification.id], seconds, new_lease_token())
     session.commit()
     return notification.id in leased
 
 
+def send_lease_free() -> ColumnElement[bool]:
+    """No one holds the row's send lease, by the database's clock."""
+    return or_(
+        Notification.send_lease_until.is_(None), Notification.send_lease_until < database_now()
+    )
+
+
 def take_send_leases(
-    session: Session, notification_ids: Sequence[str], seconds: float
+    session: Session, notification_ids: Sequence[str], seconds: float, token: str
 ) -> dict[str, int]:
     """Lease every unsent, unleased row of these in one UPDATE; {id: attempts} of those leased.
 
     The caller commits. A row already sent, or leased by another consumer whose lease has not
-    run out, is left alone and not returned.
+    run out, is left alone and not returned. `token` marks the rows as this claim's: the
+    record of their results (record_sends) changes only rows that still carry it.
     """
-    now = utcnow()
     rows = session.execute(
         update(Notification)
         .where(
             Notification.id.in_(notification_ids),
             Notification.status != "sent",
-            or_(Notification.send_lease_until.is_(None), Notification.send_lease_until < now),
+            send_lease_free(),
         )
-        .values(send_lease_until=now + timedelta(seconds=seconds))
+        .values(send_lease_until=database_now(seconds), send_lease_token=token)
         .returning(Notification.id, Notification.attempts)
         .execution_options(synchronize_session=False)
     )
@@ -163,38 +187,59 @@ def notification_statuses(session: Session, notification_ids: Sequence[str]) -> 
 
 
 @dataclass(frozen=True)
+class Sent:
+    notification_id: str
+    lease_token: str
+
+
+@dataclass(frozen=True)
 class Failure:
     notification_id: str
     error: str
     # "failed": no retry follows. "queued": a retry is scheduled through the broker.
     status: str
+    lease_token: str = ""
 
 
 _RECORD_FAILURE = (
     update(Notification)
-    .where(Notification.id == bindparam("failed_id"))
+    .where(
+        Notification.id == bindparam("failed_id"),
+        Notification.send_lease_token == bindparam("token"),
+    )
     .values(
         attempts=Notification.attempts + 1,
         status=bindparam("new_status"),
         last_error=bindparam("error"),
         send_lease_until=None,
+        send_lease_token=None,
     )
     .execution_options(synchronize_session=False)
 )
 
 
-def record_sends(session: Session, sent_ids: Sequence[str], failures: Sequence[Failure]) -> None:
-    """Record the results of a batch of sends in one transaction, and commit."""
-    if sent_ids:
+def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Failure]) -> None:
+    """Record the results of a batch of sends in one transaction, and commit.
+
+    Every UPDATE is conditional on the lease token the claim wrote: a sender whose lease ran
+    out and was taken over by another consumer changes nothing (its message comes back later
+    and the ledger decides again).
+    """
+    if sent:
         session.execute(
             update(Notification)
-            .where(Notification.id.in_(sent_ids))
+            .where(
+                tuple_(Notification.id, Notification.send_lease_token).in_(
+                    [(s.notification_id, s.lease_token) for s in sent]
+                )
+            )
             .values(
                 status="sent",
                 attempts=Notification.attempts + 1,
                 sent_at=utcnow(),
                 last_error=None,
                 send_lease_until=None,
+                send_lease_token=None,
             )
             .execution_options(synchronize_session=False)
         )
@@ -204,6 +249,7 @@ def record_sends(session: Session, sent_ids: Sequence[str], failures: Sequence[F
             [
                 {
                     "failed_id": failure.notification_id,
+                    "token": failure.lease_token,
                     "new_status": failure.status,
                     "error": failure.error[:MAX_ERROR_LENGTH],
                 }

@@ -78,6 +78,9 @@ class Notification(Base):
     # Send lease: a consumer about to send owns the row until this time, so two copies of one
     # job (a relay republish racing a late confirm) never go out at once.
     send_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who holds the send lease: written by the claim, checked by the record, so a holder whose
+    # lease ran out (and was taken over) can no longer change the row.
+    send_lease_token: Mapped[str | None] = mapped_column(String(32))
 
     user: Mapped[User] = relationship(back_populates="notifications")
 

@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
+from app.db import database_now
 from app.jobs import EmailJob, SmsJob, job_to_dict
+from app.ledger import new_lease_token
 from app.models import Notification, User, new_id, utcnow
 from app.verification import hash_sms_code, make_email_token, make_sms_code
 
@@ -158,6 +160,7 @@ def register_user(
     *,
     initial_status: str = "pending",
     initial_error: str | None = None,
+    send_lease_seconds: float = 0.0,
 ) -> Registered:
     """Write the user and its two outbox rows in one transaction, and commit.
 
@@ -165,7 +168,10 @@ def register_user(
     one commit is all a registration needs, and the unit of work cost more CPU than everything
     else on the request path together. `initial_status` is decided by the caller before the
     commit (the insert-only baseline writes its rows `skipped`), so no second transaction is
-    needed to close them. The objects returned are detached copies for the response.
+    needed to close them. With `send_lease_seconds` (serial and parallel modes, which send
+    inline) the rows are written already holding a send lease, timed by the database's clock,
+    so no consumer sends a relayed copy while the request sends its own. The objects returned
+    are detached copies for the response.
 
     The unique indexes decide whether the email or phone is taken, so two simultaneous
     registrations of the same address cannot both succeed.
@@ -186,7 +192,9 @@ def register_user(
     user.sms_code_hash = hash_sms_code(settings.secret_key, user.id, code)
     user.sms_code_expires_at = now + timedelta(seconds=settings.sms_code_max_age)
     notifications = build_notifications(settings, user, code)
+    lease_token = new_lease_token() if send_lease_seconds > 0 else None
     for notification in notifications:
+        notification.send_lease_token = lease_token
         notification.status = initial_status
         notification.last_error = initial_error
         notification.attempts = 0
@@ -195,8 +203,13 @@ def register_user(
     connection = session.connection()
     try:
         connection.execute(insert(User), [_columns(user, USER_COLUMNS)])
+        insert_notifications = insert(Notification)
+        if lease_token is not None:
+            insert_notifications = insert_notifications.values(
+                send_lease_until=database_now(send_lease_seconds)
+            )
         connection.execute(
-            insert(Notification), [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
+            insert_notifications, [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
         )
         session.commit()
     except IntegrityError:
@@ -229,6 +242,7 @@ NOTIFICATION_COLUMNS = (
     "attempts",
     "last_error",
     "created_at",
+    "send_lease_token",
 )
 
 
@@ -256,6 +270,7 @@ def register_and_notify(
         validate_registration(data),
         initial_status=initial_status,
         initial_error=initial_error,
+        send_lease_seconds=dispatcher.inline_lease_seconds(mode),
     )
     registered.timings_ms.update(dispatcher.dispatch(mode, session, registered.notifications))
     return registered

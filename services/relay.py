@@ -15,35 +15,52 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 
 import gevent
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import session_scope
+from app.db import database_now, session_scope
 from app.jobs import job_from_dict
-from app.ledger import mark_queued
+from app.ledger import mark_queued, send_lease_free
 from app.messaging import Publisher, PublishError
-from app.models import Notification, utcnow
+from app.models import Notification
 from services.metrics import RELAYED
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30
+# Beyond the publishes themselves: the claim, the final mark, a pause of the process.
+LEASE_MARGIN_SECONDS = 30.0
+
+
+def relay_lease_seconds(*, batch_size: int, publish_timeout: float) -> float:
+    """How long a relay owns its batch: every row's publish may wait out its whole budget, one
+    confirm at a time, so a fixed lease could run out mid-batch and let another relay publish
+    the same rows."""
+    return batch_size * publish_timeout + LEASE_MARGIN_SECONDS
 
 
 def claim_pending(
-    session: Session, *, relay_id: str, batch_size: int, grace_seconds: float
+    session: Session,
+    *,
+    relay_id: str,
+    batch_size: int,
+    grace_seconds: float,
+    publish_timeout: float,
 ) -> list[Notification]:
-    now = utcnow()
-    lease_free = (Notification.claimed_until.is_(None)) | (Notification.claimed_until < now)
+    lease_seconds = relay_lease_seconds(batch_size=batch_size, publish_timeout=publish_timeout)
+    lease_free = (Notification.claimed_until.is_(None)) | (
+        Notification.claimed_until < database_now()
+    )
     candidates = (
         select(Notification.id)
         .where(
             Notification.status == "pending",
-            Notification.created_at < now - timedelta(seconds=grace_seconds),
+            # created_at comes from the web host's clock: the grace absorbs a small skew.
+            Notification.created_at < database_now(-grace_seconds),
             lease_free,
+            # An inline send (serial, parallel) in progress holds the row.
+            send_lease_free(),
         )
         .order_by(Notification.created_at)
         .limit(batch_size)
@@ -52,7 +69,7 @@ def claim_pending(
     session.execute(
         update(Notification)
         .where(Notification.id.in_(candidates.scalar_subquery()), lease_free)
-        .values(claimed_by=relay_id, claimed_until=now + timedelta(seconds=LEASE_SECONDS))
+        .values(claimed_by=relay_id, claimed_until=database_now(lease_seconds))
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -61,7 +78,7 @@ def claim_pending(
             select(Notification).where(
                 Notification.claimed_by == relay_id,
                 Notification.status == "pending",
-                Notification.claimed_until > now,
+                Notification.claimed_until > database_now(),
             )
         )
     )
@@ -79,7 +96,11 @@ def relay_once(
     """Publish one batch of pending notifications; return how many were queued."""
     with session_scope(sessions) as session:
         claimed = claim_pending(
-            session, relay_id=relay_id, batch_size=batch_size, grace_seconds=grace_seconds
+            session,
+            relay_id=relay_id,
+            batch_size=batch_size,
+            grace_seconds=grace_seconds,
+            publish_timeout=publish_timeout,
         )
         queued: list[Notification] = []
         for notification in claimed:

@@ -104,9 +104,16 @@ def test_two_relays_claim_disjoint_rows_with_skip_locked(postgres_url):
     with sessions() as first, sessions() as second:
         a = {
             n.id
-            for n in claim_pending(first, relay_id="a", batch_size=pending // 2, grace_seconds=0)
+            for n in claim_pending(
+                first, relay_id="a", batch_size=pending // 2, grace_seconds=0, publish_timeout=1
+            )
         }
-        b = {n.id for n in claim_pending(second, relay_id="b", batch_size=pending, grace_seconds=0)}
+        b = {
+            n.id
+            for n in claim_pending(
+                second, relay_id="b", batch_size=pending, grace_seconds=0, publish_timeout=1
+            )
+        }
     engine.dispose()
     assert len(a) == pending // 2 and a.isdisjoint(b) and len(a | b) == pending
 

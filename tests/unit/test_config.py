@@ -60,7 +60,7 @@ VARIABLES = [
     ("RETRY_DELAYS_MS", "retry_delays_ms", "100, 200,300", (100, 200, 300), "100,soon"),
     ("RELAY_INTERVAL", "relay_interval", "0.2", 0.2, "often"),
     ("RELAY_BATCH_SIZE", "relay_batch_size", "50", 50, "all"),
-    ("RELAY_GRACE_SECONDS", "relay_grace_seconds", "1", 1.0, "a while"),
+    ("RELAY_GRACE_SECONDS", "relay_grace_seconds", "45", 45.0, "a while"),
     ("SEND_LEASE_SECONDS", "send_lease_seconds", "12.5", 12.5, "long"),
     ("RATE_LIMIT_ENABLED", "rate_limit_enabled", "0", False, "sometimes"),
     ("RATE_LIMIT_REGISTRATIONS", "rate_limit_registrations", "3/minute", "3/minute", None),
