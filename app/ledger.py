@@ -1,7 +1,8 @@
 """The notification ledger: every change of a notification's status goes through here.
 
 Used by the request path (serial and parallel modes send inline; queued mode marks rows queued)
-and by the consumers, so every mode leaves the same trace. Each function commits.
+and by the consumers, so every mode leaves the same trace. Each function commits. A row recorded
+sent keeps its job without the secret it carried (the SMS code, the email's link token).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gevent
-from sqlalchemy import bindparam, or_, select, tuple_, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import database_now, session_scope
+from app.jobs import job_from_dict, job_to_dict, scrub_job
 from app.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,12 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
         notification = outcome.notification
         values: dict[str, object]
         if outcome.error is None:
-            values = {"status": "sent", "sent_at": now, "last_error": None}
+            values = {
+                "status": "sent",
+                "sent_at": now,
+                "last_error": None,
+                "payload": scrubbed_payload(notification.payload),
+            }
         else:
             values = {
                 "status": outcome.retry_status,
@@ -186,10 +193,36 @@ def notification_statuses(session: Session, notification_ids: Sequence[str]) -> 
     return {notification_id: status for notification_id, status in rows}
 
 
+def scrubbed_payload(payload: dict[str, object]) -> dict[str, object]:
+    """A sent job's payload without its secret (the code, the link token)."""
+    return job_to_dict(scrub_job(job_from_dict(payload)))
+
+
 @dataclass(frozen=True)
 class Sent:
     notification_id: str
     lease_token: str
+    # The job as the outbox keeps it once sent: the secret removed (app.jobs.scrub_job).
+    payload: dict[str, object]
+
+
+_RECORD_SENT = (
+    update(Notification)
+    .where(
+        Notification.id == bindparam("sent_id"),
+        Notification.send_lease_token == bindparam("token"),
+    )
+    .values(
+        status="sent",
+        attempts=Notification.attempts + 1,
+        sent_at=bindparam("now"),
+        last_error=None,
+        send_lease_until=None,
+        send_lease_token=None,
+        payload=bindparam("scrubbed"),
+    )
+    .execution_options(synchronize_session=False)
+)
 
 
 @dataclass(frozen=True)
@@ -226,22 +259,18 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
     and the ledger decides again).
     """
     if sent:
-        session.execute(
-            update(Notification)
-            .where(
-                tuple_(Notification.id, Notification.send_lease_token).in_(
-                    [(s.notification_id, s.lease_token) for s in sent]
-                )
-            )
-            .values(
-                status="sent",
-                attempts=Notification.attempts + 1,
-                sent_at=utcnow(),
-                last_error=None,
-                send_lease_until=None,
-                send_lease_token=None,
-            )
-            .execution_options(synchronize_session=False)
+        now = utcnow()
+        session.connection().execute(
+            _RECORD_SENT,
+            [
+                {
+                    "sent_id": s.notification_id,
+                    "token": s.lease_token,
+                    "now": now,
+                    "scrubbed": s.payload,
+                }
+                for s in sent
+            ],
         )
     if failures:
         session.connection().execute(

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
-from app.jobs import Job, MalformedJob, decode_job
+from app.jobs import Job, MalformedJob, decode_job, job_to_dict, scrub_job
 from app.ledger import (
     Failure,
     Sent,
@@ -173,7 +173,7 @@ def record_batch(
         token = result.claim.lease_token
         error = result.error
         if error is None:
-            sent.append(Sent(notification_id, token))
+            sent.append(Sent(notification_id, token, job_to_dict(scrub_job(result.claim.job))))
             verdicts.append(Ack("sent"))
             continue
         attempts = result.claim.attempts + 1
