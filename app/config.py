@@ -93,6 +93,10 @@ class Settings:
     # leaves it alone so the normal path is not published twice. Longer than the longest
     # inline send (SMTP_TIMEOUT + SMS_TIMEOUT, one after the other in serial mode).
     relay_grace_seconds: float = 30.0
+    # The relay republishes a row left `queued` this long (its message lost by the broker).
+    # Longer than the longest retry delay plus the send lease; a row waiting behind a longer
+    # backlog is republished too, which the consumers' ledger check makes harmless.
+    relay_sweep_after_seconds: float = 900.0
     # How long a consumer owns a notification while sending it; longer than any send may take.
     send_lease_seconds: float = 30.0
     verification_max_age: int = 48 * 3600
@@ -157,6 +161,12 @@ class Settings:
                 "RELAY_GRACE_SECONDS must be longer than the longest inline send, "
                 f"SMTP_TIMEOUT + SMS_TIMEOUT ({self.inline_send_seconds:g} s), "
                 f"not {self.relay_grace_seconds!r}"
+            )
+        longest_wait = max(self.retry_delays_ms) / 1000 + self.send_lease_seconds
+        if not self.relay_sweep_after_seconds > longest_wait:
+            raise ConfigError(
+                "RELAY_SWEEP_AFTER_SECONDS must be longer than the longest retry delay plus "
+                f"SEND_LEASE_SECONDS ({longest_wait:g} s), not {self.relay_sweep_after_seconds!r}"
             )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
@@ -259,6 +269,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RELAY_INTERVAL": ("relay_interval", _float),
     "RELAY_BATCH_SIZE": ("relay_batch_size", _int),
     "RELAY_GRACE_SECONDS": ("relay_grace_seconds", _float),
+    "RELAY_SWEEP_AFTER_SECONDS": ("relay_sweep_after_seconds", _float),
     "SEND_LEASE_SECONDS": ("send_lease_seconds", _float),
     "RATE_LIMIT_ENABLED": ("rate_limit_enabled", _bool),
     "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),

@@ -41,7 +41,7 @@ def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
     session.execute(
         update(Notification)
         .where(Notification.id.in_(notification_ids), Notification.status == "pending")
-        .values(status="queued", queued_at=utcnow())
+        .values(status="queued", queued_at=database_now())
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -246,6 +246,8 @@ _RECORD_FAILURE = (
         last_error=bindparam("error"),
         send_lease_until=None,
         send_lease_token=None,
+        # A retry is a new hand-off to the broker: the sweeper counts from here.
+        queued_at=database_now(),
     )
     .execution_options(synchronize_session=False)
 )
