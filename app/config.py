@@ -100,6 +100,9 @@ class Settings:
     # How long a consumer owns a notification while sending it; longer than any send may take.
     send_lease_seconds: float = 30.0
     verification_max_age: int = 48 * 3600
+    # A registration whose email and phone are not both verified this long after it was made
+    # gives way to a new registration of the same address or number (no squatting).
+    unverified_expiry_seconds: int = 48 * 3600
     sms_code_max_age: int = 15 * 60
     sms_code_max_attempts: int = 5
     # Per client address, fixed windows counted in the database (shared by every worker).
@@ -167,6 +170,11 @@ class Settings:
             raise ConfigError(
                 "RELAY_SWEEP_AFTER_SECONDS must be longer than the longest retry delay plus "
                 f"SEND_LEASE_SECONDS ({longest_wait:g} s), not {self.relay_sweep_after_seconds!r}"
+            )
+        if self.unverified_expiry_seconds < 1:
+            raise ConfigError(
+                "UNVERIFIED_EXPIRY_SECONDS must be at least 1, "
+                f"not {self.unverified_expiry_seconds!r}"
             )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
@@ -271,6 +279,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RELAY_GRACE_SECONDS": ("relay_grace_seconds", _float),
     "RELAY_SWEEP_AFTER_SECONDS": ("relay_sweep_after_seconds", _float),
     "SEND_LEASE_SECONDS": ("send_lease_seconds", _float),
+    "UNVERIFIED_EXPIRY_SECONDS": ("unverified_expiry_seconds", _int),
     "RATE_LIMIT_ENABLED": ("rate_limit_enabled", _bool),
     "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),
     "RATE_LIMIT_VERIFICATIONS": ("rate_limit_verifications", str),

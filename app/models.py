@@ -33,12 +33,24 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def email_key(email: str) -> str:
+    """The address as uniqueness sees it: `Ada@x.org` and `ada@x.org` are one address.
+
+    Strictly, only the domain is case-insensitive; in practice no mail system gives `Ada` and
+    `ada` to two people, and treating them as two lets one person hold two accounts (or squat
+    another's address by its capitals).
+    """
+    return email.casefold()
+
+
 class User(Base):
     __tablename__ = "users"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320), unique=True)
+    # email_key(email): the unique index that decides "already registered" whatever the case.
+    email_key: Mapped[str] = mapped_column(String(320), index=True, unique=True)
     phone: Mapped[str] = mapped_column(String(20), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

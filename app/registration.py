@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import insert, or_, select
+from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
 from app.db import database_now
 from app.jobs import EmailJob, SmsJob, job_to_dict
 from app.ledger import new_lease_token
-from app.models import Notification, User, new_id, utcnow
+from app.models import Notification, User, email_key, new_id, utcnow
 from app.verification import hash_sms_code, make_email_token, make_sms_code
 
 if TYPE_CHECKING:
@@ -112,18 +113,42 @@ def validate_registration(data: Mapping[str, Any]) -> Registration:
     return Registration(name=name, email=email, phone=phone)
 
 
+def _holders(registration: Registration) -> ColumnElement[bool]:
+    """The users holding this registration's address or number."""
+    return or_(User.email_key == email_key(registration.email), User.phone == registration.phone)
+
+
 def _duplicate_fields(session: Session, registration: Registration) -> dict[str, str]:
-    taken = session.execute(
-        select(User.email, User.phone).where(
-            or_(User.email == registration.email, User.phone == registration.phone)
-        )
-    ).all()
+    taken = session.execute(select(User.email_key, User.phone).where(_holders(registration))).all()
     fields: dict[str, str] = {}
-    if any(row.email == registration.email for row in taken):
+    if any(row.email_key == email_key(registration.email) for row in taken):
         fields["email"] = "This email address is already registered."
     if any(row.phone == registration.phone for row in taken):
         fields["phone"] = "This phone number is already registered."
     return fields or {"email": "This email address or phone number is already registered."}
+
+
+def _release_expired(session: Session, settings: Settings, registration: Registration) -> bool:
+    """Delete the registrations holding this address or number that were never verified and
+    have expired (UNVERIFIED_EXPIRY_SECONDS); whether any was. Runs only after the unique index
+    refused a registration, never on the normal path. The caller commits.
+
+    "Verified" means both the email address and the phone number: one person could otherwise
+    hold another's number for ever by verifying only their own address. The outbox rows go
+    with the user (ON DELETE CASCADE).
+    """
+    cutoff = utcnow() - timedelta(seconds=settings.unverified_expiry_seconds)
+    deleted = session.execute(
+        delete(User)
+        .where(
+            _holders(registration),
+            User.created_at < cutoff,
+            or_(User.email_verified_at.is_(None), User.phone_verified_at.is_(None)),
+        )
+        .returning(User.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return bool(deleted)
 
 
 def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
@@ -183,6 +208,7 @@ def register_user(
         id=new_id(),
         name=registration.name,
         email=registration.email,
+        email_key=email_key(registration.email),
         phone=registration.phone,
         created_at=now,
         sms_code_attempts=0,
@@ -200,23 +226,34 @@ def register_user(
         notification.attempts = 0
         notification.created_at = now
         notification.queued_at = notification.sent_at = None
-    connection = session.connection()
-    try:
+    insert_notifications = insert(Notification)
+    if lease_token is not None:
+        insert_notifications = insert_notifications.values(
+            send_lease_until=database_now(send_lease_seconds)
+        )
+
+    def write() -> None:
+        connection = session.connection()
         connection.execute(insert(User), [_columns(user, USER_COLUMNS)])
-        insert_notifications = insert(Notification)
-        if lease_token is not None:
-            insert_notifications = insert_notifications.values(
-                send_lease_until=database_now(send_lease_seconds)
-            )
         connection.execute(
             insert_notifications, [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
         )
         session.commit()
+
+    try:
+        write()
     except IntegrityError:
         session.rollback()
-        raise AlreadyRegistered(
-            "Already registered.", _duplicate_fields(session, registration)
-        ) from None
+        try:
+            # An expired, unverified registration may hold the address: it gives way.
+            if not _release_expired(session, settings, registration):
+                raise
+            write()
+        except IntegrityError:
+            session.rollback()
+            raise AlreadyRegistered(
+                "Already registered.", _duplicate_fields(session, registration)
+            ) from None
     # Detached and complete: the response reads them without touching the database again.
     set_committed_value(user, "notifications", notifications)
     elapsed = (time.perf_counter() - started) * 1000
@@ -227,6 +264,7 @@ USER_COLUMNS = (
     "id",
     "name",
     "email",
+    "email_key",
     "phone",
     "created_at",
     "sms_code_hash",

@@ -127,3 +127,21 @@ def test_rate_limit_counter_is_shared_through_postgres(postgres_url):
     second.post_json("/api/users", unique_user("rl"), status=201)
     limited = first.post_json("/api/users", unique_user("rl"), status=429)
     assert int(limited.headers["Retry-After"]) > 0
+
+
+def test_case_folded_email_and_expiry_on_postgres(postgres_url):
+    testapp = make_testapp(postgres_url)
+    user = unique_user("Fold")
+    created = testapp.post_json("/api/users?mode=queued", user, status=201).json["user"]
+    shouted = {**user, "email": user["email"].upper(), "phone": unique_user("x")["phone"]}
+    testapp.post_json("/api/users?mode=queued", shouted, status=409)
+    engine = make_engine(postgres_url)
+    with make_session_factory(engine)() as session:
+        session.execute(
+            text("UPDATE users SET created_at = created_at - interval '49 hours' WHERE id = :id"),
+            {"id": created["id"]},
+        )
+        session.commit()
+    engine.dispose()
+    # Expired and never verified: the same address registers again, the old row gives way.
+    testapp.post_json("/api/users?mode=queued", shouted, status=201)

@@ -62,6 +62,7 @@ VARIABLES = [
     ("RELAY_BATCH_SIZE", "relay_batch_size", "50", 50, "all"),
     ("RELAY_GRACE_SECONDS", "relay_grace_seconds", "45", 45.0, "a while"),
     ("RELAY_SWEEP_AFTER_SECONDS", "relay_sweep_after_seconds", "1200", 1200.0, "0"),
+    ("UNVERIFIED_EXPIRY_SECONDS", "unverified_expiry_seconds", "3600", 3600, "0"),
     ("SEND_LEASE_SECONDS", "send_lease_seconds", "12.5", 12.5, "long"),
     ("RATE_LIMIT_ENABLED", "rate_limit_enabled", "0", False, "sometimes"),
     ("RATE_LIMIT_REGISTRATIONS", "rate_limit_registrations", "3/minute", "3/minute", None),
