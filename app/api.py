@@ -74,13 +74,14 @@ def json_object(what: str) -> dict[str, Any] | Response:
 @limit(REGISTRATION_LIMIT)
 def create_user() -> Response:
     settings = offload().settings
-    mode = request.args.get("mode", settings.dispatch_mode)
+    requested = request.args.get("mode")
+    mode = requested or settings.dispatch_mode
     data = json_object("user")
     if isinstance(data, Response):
         return data
     try:
         registered = register_and_notify(
-            get_session(), settings, offload().require_dispatcher(), data, mode
+            get_session(), settings, offload().require_dispatcher(), data, requested
         )
     except InvalidRegistration as exc:
         REGISTRATIONS.labels(
@@ -90,6 +91,7 @@ def create_user() -> Response:
     except AlreadyRegistered as exc:
         REGISTRATIONS.labels(mode=mode, outcome="duplicate").inc()
         return error(409, "already_registered", exc.message, exc.fields)
+    mode = registered.mode
     REGISTRATIONS.labels(mode=mode, outcome="created").inc()
     for step, ms in registered.timings_ms.items():
         STEP_SECONDS.labels(mode=mode, step=step).observe(ms / 1000)

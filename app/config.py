@@ -114,6 +114,16 @@ class Settings:
     # How many reverse proxies in front of the app append to X-Forwarded-For; 0 trusts none and
     # uses the socket's peer address.
     rate_limit_trusted_proxies: int = 0
+    # SMS budgets ("N/minute", "N/hour", "N/day"; empty: none), counted in the registration's
+    # transaction; an SMS over one is written `held` until an operator releases it.
+    sms_budget_global: str = ""
+    sms_budget_per_country: str = ""
+    sms_budget_per_number: str = ""
+    # ISO 3166 region codes ("US,CA") whose numbers may register; empty: any country.
+    sms_allowed_countries: tuple[str, ...] = ()
+    # Whether clients may pick the dispatch mode (`?mode=`, the form's menu); unset: only in
+    # development. Otherwise DISPATCH_MODE alone decides what each registration costs.
+    allow_client_mode: bool | None = None
     # The local harness only (devstack): how long each SMTP and SMS sink takes per message.
     sink_delay_ms: float = 50.0
 
@@ -176,6 +186,23 @@ class Settings:
                 "UNVERIFIED_EXPIRY_SECONDS must be at least 1, "
                 f"not {self.unverified_expiry_seconds!r}"
             )
+        for variable, budget in (
+            ("SMS_BUDGET_GLOBAL", self.sms_budget_global),
+            ("SMS_BUDGET_PER_COUNTRY", self.sms_budget_per_country),
+            ("SMS_BUDGET_PER_NUMBER", self.sms_budget_per_number),
+        ):
+            if budget.strip():
+                from app.counters import Rate
+
+                Rate.parse(budget, setting=variable)
+        for region in self.sms_allowed_countries:
+            if not (
+                len(region) == 2 and region.isascii() and region.isalpha() and region.isupper()
+            ):
+                raise ConfigError(
+                    "SMS_ALLOWED_COUNTRIES must list ISO 3166 region codes (e.g. US,CA,GB), "
+                    f"not {region!r}"
+                )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
         if not self.sink_delay_ms >= 0:  # also refuses nan
@@ -184,6 +211,12 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes).validate()
+
+    @property
+    def clients_choose_mode(self) -> bool:
+        if self.allow_client_mode is not None:
+            return self.allow_client_mode
+        return self.environment == "development"
 
     @property
     def inline_send_seconds(self) -> float:
@@ -227,6 +260,14 @@ def _float(raw: str, name: str) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _optional_bool(raw: str, name: str) -> bool | None:
+    return None if not raw.strip() else _bool(raw, name)
+
+
+def _regions(raw: str, name: str) -> tuple[str, ...]:
+    return tuple(part.strip().upper() for part in raw.split(",") if part.strip())
 
 
 def _delays(raw: str, name: str) -> tuple[int, ...]:
@@ -284,6 +325,11 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),
     "RATE_LIMIT_VERIFICATIONS": ("rate_limit_verifications", str),
     "RATE_LIMIT_TRUSTED_PROXIES": ("rate_limit_trusted_proxies", _int),
+    "SMS_BUDGET_GLOBAL": ("sms_budget_global", str),
+    "SMS_BUDGET_PER_COUNTRY": ("sms_budget_per_country", str),
+    "SMS_BUDGET_PER_NUMBER": ("sms_budget_per_number", str),
+    "SMS_ALLOWED_COUNTRIES": ("sms_allowed_countries", _regions),
+    "ALLOW_CLIENT_MODE": ("allow_client_mode", _optional_bool),
     "SINK_DELAY_MS": ("sink_delay_ms", _float),
 }
 

@@ -8,6 +8,8 @@ story of the job:
     sent     the SMTP server or SMS gateway accepted it (consumers skip these on redelivery)
     failed   gave up: permanent error, or attempts exhausted (the job sits in the parking queue)
     skipped  never meant to be sent: the benchmark's insert-only baseline (BENCH_MODES=true)
+    held     an SMS over a budget (app/smsbudget.py): kept, sent once an operator releases it
+             (`python -m services.held release` makes it pending again)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
 
-NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed", "skipped")
+NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed", "skipped", "held")
 CHANNELS = ("email", "sms")
 
 

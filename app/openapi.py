@@ -92,8 +92,18 @@ def build_document(settings: Settings) -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "How the notifications are sent; the server's "
-                            f"default is {settings.dispatch_mode}.",
-                            "schema": {"type": "string", "enum": modes},
+                            f"default is {settings.dispatch_mode}. "
+                            + (
+                                "Clients may choose (ALLOW_CLIENT_MODE)."
+                                if settings.clients_choose_mode
+                                else "Set by the operator: any other value is refused (400)."
+                            ),
+                            "schema": {
+                                "type": "string",
+                                "enum": modes
+                                if settings.clients_choose_mode
+                                else [settings.dispatch_mode],
+                            },
                         }
                     ],
                     "requestBody": {"required": True, "content": _json(_ref("NewUser"))},
@@ -215,7 +225,14 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "string"},
                 "channel": {"type": "string", "enum": list(CHANNELS)},
-                "status": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
+                "status": {
+                    "type": "string",
+                    "enum": list(NOTIFICATION_STATUSES),
+                    "description": "pending, queued: on its way; sent; failed: given up; "
+                    "skipped: the benchmark's baseline; held: an SMS over the operator's SMS "
+                    "budget, kept and sent once an operator releases it (`last_error` says "
+                    "which budget).",
+                },
                 "attempts": {"type": "integer", "minimum": 0},
                 "last_error": nullable_string,
                 "sent_at": {

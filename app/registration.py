@@ -25,6 +25,7 @@ from app.db import database_now
 from app.jobs import EmailJob, SmsJob, job_to_dict
 from app.ledger import new_lease_token
 from app.models import Notification, User, email_key, new_id, utcnow
+from app.smsbudget import HELD, SmsBudgets, charge_sms, sms_budgets
 from app.verification import hash_sms_code, make_email_token, make_sms_code
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Registered:
     user: User
     notifications: list[Notification]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    mode: str = ""  # the dispatch mode used (register_and_notify)
 
 
 def _text(data: Mapping[str, Any], key: str) -> str | None:
@@ -151,6 +153,13 @@ def _release_expired(session: Session, settings: Settings, registration: Registr
     return bool(deleted)
 
 
+def sms_text(settings: Settings, code: str) -> str:
+    return (
+        f"Your Offload verification code is {code}. It expires in "
+        f"{settings.sms_code_max_age // 60} minutes."
+    )
+
+
 def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
     email_id, sms_id = new_id(), new_id()
     token = make_email_token(settings.secret_key, user.id, user.email)
@@ -169,8 +178,7 @@ def build_notifications(settings: Settings, user: User, sms_code: str) -> list[N
     sms = SmsJob(
         notification_id=sms_id,
         to=user.phone,
-        body=f"Your Offload verification code is {sms_code}. It expires in "
-        f"{settings.sms_code_max_age // 60} minutes.",
+        body=sms_text(settings, sms_code),
     )
     return [
         Notification(id=email_id, user_id=user.id, channel="email", payload=job_to_dict(email)),
@@ -186,6 +194,7 @@ def register_user(
     initial_status: str = "pending",
     initial_error: str | None = None,
     send_lease_seconds: float = 0.0,
+    sms_budgets: SmsBudgets | None = None,
 ) -> Registered:
     """Write the user and its two outbox rows in one transaction, and commit.
 
@@ -193,10 +202,11 @@ def register_user(
     one commit is all a registration needs, and the unit of work cost more CPU than everything
     else on the request path together. `initial_status` is decided by the caller before the
     commit (the insert-only baseline writes its rows `skipped`), so no second transaction is
-    needed to close them. With `send_lease_seconds` (serial and parallel modes, which send
-    inline) the rows are written already holding a send lease, timed by the database's clock,
-    so no consumer sends a relayed copy while the request sends its own. The objects returned
-    are detached copies for the response.
+    needed to close them. With `sms_budgets`, the SMS is counted against them in the same
+    transaction and written `held` when over one. With `send_lease_seconds` (serial and
+    parallel modes, which send inline) the rows are written already holding a send lease,
+    timed by the database's clock, so no consumer sends a relayed copy while the request sends
+    its own. The objects returned are detached copies for the response.
 
     The unique indexes decide whether the email or phone is taken, so two simultaneous
     registrations of the same address cannot both succeed.
@@ -232,8 +242,15 @@ def register_user(
             send_lease_until=database_now(send_lease_seconds)
         )
 
+    sms = next(n for n in notifications if n.channel == "sms")
+
     def write() -> None:
         connection = session.connection()
+        if sms_budgets is not None:
+            # Counted here, in the registration's own transaction: a refused (rolled back)
+            # registration costs no budget, and no extra transaction is spent.
+            held = charge_sms(connection, sms_budgets, user.phone)
+            sms.status, sms.last_error = (HELD, held) if held else (initial_status, initial_error)
         connection.execute(insert(User), [_columns(user, USER_COLUMNS)])
         connection.execute(
             insert_notifications, [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
@@ -293,25 +310,65 @@ def register_and_notify(
     settings: Settings,
     dispatcher: Dispatcher,
     data: Mapping[str, Any],
-    mode: str,
+    requested_mode: str | None,
 ) -> Registered:
-    """The whole use case, shared by the API and the form: validate, store, hand off."""
-    allowed = (*DISPATCH_MODES, BASELINE_MODE) if settings.bench_modes else DISPATCH_MODES
-    if mode not in allowed:
-        raise InvalidRegistration(
-            "Unknown dispatch mode.", {"mode": f"Use one of: {', '.join(allowed)}."}
-        )
+    """The whole use case, shared by the API and the form: validate, store, hand off.
+
+    `requested_mode` is what the client asked for (`?mode=`, the form's menu), or None.
+    """
+    mode = choose_mode(settings, requested_mode)
+    registration = validate_registration(data)
+    check_country(settings, registration)
     initial_status, initial_error = dispatcher.initial_status(mode)
     registered = register_user(
         session,
         settings,
-        validate_registration(data),
+        registration,
         initial_status=initial_status,
         initial_error=initial_error,
         send_lease_seconds=dispatcher.inline_lease_seconds(mode),
+        sms_budgets=sms_budgets(settings) if initial_status == "pending" else None,
     )
-    registered.timings_ms.update(dispatcher.dispatch(mode, session, registered.notifications))
+    registered.mode = mode
+    to_send = [n for n in registered.notifications if n.status != HELD]
+    registered.timings_ms.update(dispatcher.dispatch(mode, session, to_send))
     return registered
+
+
+def choose_mode(settings: Settings, requested: str | None) -> str:
+    """The dispatch mode of a registration: DISPATCH_MODE, or the client's choice where the
+    operator lets clients choose (ALLOW_CLIENT_MODE; in development by default). The mode
+    decides what a registration costs (inline sends hold a web greenlet for two sends), so in
+    production it is the operator's to pick."""
+    if requested is None or requested == settings.dispatch_mode:
+        return settings.dispatch_mode
+    if not settings.clients_choose_mode:
+        raise InvalidRegistration(
+            "The dispatch mode is set by the operator.",
+            {"mode": f"Leave the mode out: this service uses {settings.dispatch_mode}."},
+        )
+    allowed = (*DISPATCH_MODES, BASELINE_MODE) if settings.bench_modes else DISPATCH_MODES
+    if requested not in allowed:
+        raise InvalidRegistration(
+            "Unknown dispatch mode.", {"mode": f"Use one of: {', '.join(allowed)}."}
+        )
+    return requested
+
+
+def check_country(settings: Settings, registration: Registration) -> None:
+    """Refuse a number from a country the operator does not send SMS to (any by default)."""
+    allowed = settings.sms_allowed_countries
+    if not allowed:
+        return
+    region = phonenumbers.region_code_for_number(phonenumbers.parse(registration.phone))
+    if region not in allowed:
+        raise InvalidRegistration(
+            "Some fields are missing or invalid.",
+            {
+                "phone": f"We cannot send text messages to numbers from this country ({region}). "
+                f"Use a mobile number from: {', '.join(allowed)}."
+            },
+        )
 
 
 def describe_user(user: User) -> dict[str, Any]:

@@ -35,7 +35,8 @@ from app.registration import AlreadyRegistered, InvalidRegistration, register_an
 bp = Blueprint("web", __name__)
 
 FORM_FIELDS = ("name", "email", "phone")
-SETTLED = ("sent", "failed", "skipped")
+# Statuses that stay put until something else happens (an operator releases a held SMS).
+SETTLED = ("sent", "failed", "skipped", "held")
 
 Page = str | tuple[str, int] | tuple[str, int, dict[str, str]]
 
@@ -55,14 +56,15 @@ def index() -> Response:
 def register() -> Response | Page:
     settings = _settings()
     values = {field: request.form.get(field, "") for field in FORM_FIELDS}
-    mode = request.form.get("mode", settings.dispatch_mode)
+    requested = request.form.get("mode")
+    mode = requested or settings.dispatch_mode
+    # The menu is offered only where the operator lets clients pick the mode.
+    modes = DISPATCH_MODES if settings.clients_choose_mode else ()
     if request.method == "GET":
-        return render_template(
-            "register.html", values=values, errors={}, mode=mode, modes=DISPATCH_MODES
-        )
+        return render_template("register.html", values=values, errors={}, mode=mode, modes=modes)
     try:
         registered = register_and_notify(
-            get_session(), settings, offload().require_dispatcher(), values, mode
+            get_session(), settings, offload().require_dispatcher(), values, requested
         )
     except (InvalidRegistration, AlreadyRegistered) as exc:
         status = 409 if isinstance(exc, AlreadyRegistered) else 400
@@ -71,11 +73,11 @@ def register() -> Response | Page:
             values=values,
             errors=exc.fields,
             mode=mode,
-            modes=DISPATCH_MODES,
+            modes=modes,
             message=exc.message,
         )
         return page, status
-    REGISTRATIONS.labels(mode=mode, outcome="created").inc()
+    REGISTRATIONS.labels(mode=registered.mode, outcome="created").inc()
     # Post/Redirect/Get: reloading the status page never registers twice.
     return redirect(url_for("web.status", user_id=registered.user.id), code=303)
 

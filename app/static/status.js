@@ -11,7 +11,7 @@
   }
   var url = page.getAttribute("data-user-url");
   var live = document.getElementById("live-status");
-  var SETTLED = ["sent", "failed", "skipped"];
+  var SETTLED = ["sent", "failed", "skipped", "held"];
   var LABELS = { email: "Email", sms: "SMS" };
   var FAST_MS = 1000; // while messages are on their way
   var SLOW_MS = 5000; // afterwards, to notice a confirmation made in another tab

@@ -25,7 +25,13 @@ def test_create_app_refuses_the_default_secret_key_in_production(database_url, p
 def test_production_starts_with_a_real_secret_key(database_url, publisher):
     """It starts, registers, and signs with the key it was given, not the development one."""
     secret = "x" * 64
-    settings = Settings(environment="production", database_url=database_url, secret_key=secret)
+    # In production only DISPATCH_MODE decides the mode (the helper asks for serial).
+    settings = Settings(
+        environment="production",
+        database_url=database_url,
+        secret_key=secret,
+        dispatch_mode="serial",
+    )
     email_sender = RecordingSender()
     app = create_app(
         settings, publisher=publisher, email_sender=email_sender, sms_sender=RecordingSender()
