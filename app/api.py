@@ -95,27 +95,32 @@ def create_user() -> Response:
     REGISTRATIONS.labels(mode=mode, outcome="created").inc()
     for step, ms in registered.timings_ms.items():
         STEP_SECONDS.labels(mode=mode, step=step).observe(ms / 1000)
-    response = jsonify(user=describe_user(registered.user), mode=mode)
+    response = jsonify(
+        user=describe_user(registered.user), mode=mode, status_token=registered.status_token
+    )
     response.status_code = 201
-    response.headers["Location"] = url_for("api.get_user", user_id=registered.user.id)
+    # The token is the only way back to this status: shown once, kept out of caches.
+    response.headers["Location"] = url_for("api.get_status", token=registered.status_token)
+    response.headers["Cache-Control"] = "no-store"
     response.headers["Server-Timing"] = format_server_timing(registered.timings_ms)
     return response
 
 
-@bp.get("/users/<user_id>")
-def get_user(user_id: str) -> Response:
-    user = accounts.find_user(get_session(), user_id)
+@bp.get("/status/<token>")
+def get_status(token: str) -> Response:
+    """A user's status, opened by the status token handed out at registration (not the id)."""
+    user = accounts.find_user_by_status_token(get_session(), token)
     if user is None:
-        return error(404, "not_found", "No user with this id.")
+        return error(404, "not_found", "No registration has this status token.")
     response = jsonify(user=describe_user(user))
     # The body holds the user's email address and phone number: keep it out of shared caches.
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-@bp.post("/users/<user_id>/verify-phone")
+@bp.post("/status/<token>/verify-phone")
 @limit(VERIFICATION_LIMIT)
-def verify_phone(user_id: str) -> Response:
+def verify_phone(token: str) -> Response:
     data = json_object("code")
     if isinstance(data, Response):
         return data
@@ -123,9 +128,12 @@ def verify_phone(user_id: str) -> Response:
     if not isinstance(code, str):
         message = "Send the code from the SMS as a string."
         return error(400, "invalid_code", message, {"code": message})
+    user = accounts.find_user_by_status_token(get_session(), token)
+    if user is None:
+        return error(404, "not_found", "No registration has this status token.")
     settings = offload().settings
     try:
-        user = accounts.verify_phone(get_session(), settings, user_id, code)
+        user = accounts.verify_phone(get_session(), settings, user.id, code)
     except accounts.VerificationError as exc:
         return error(VERIFICATION_STATUS[type(exc)], exc.code, exc.message, exc.fields)
     response = jsonify(user=describe_user(user))

@@ -61,6 +61,11 @@ class User(Base):
     sms_code_hash: Mapped[str | None] = mapped_column(String(128))
     sms_code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sms_code_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The status token (app/verification.py) opens the user's status; only its SHA-256 is kept.
+    # The id is never a credential: it opens nothing and appears in no link.
+    status_token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
+    # Random, named by the email link's token instead of the id (signed, not encrypted).
+    email_verification_id: Mapped[str | None] = mapped_column(String(32), index=True, unique=True)
 
     notifications: Mapped[list[Notification]] = relationship(
         back_populates="user", order_by="Notification.channel", lazy="selectin"

@@ -60,11 +60,12 @@ def build_document(settings: Settings) -> dict[str, Any]:
     modes = list(DISPATCH_MODES)
     if settings.bench_modes:
         modes.append(BASELINE_MODE)
-    user_id = {
-        "name": "user_id",
+    status_token = {
+        "name": "token",
         "in": "path",
         "required": True,
-        "description": "The user's id, as returned when it was created.",
+        "description": "The status token returned once, when the user was created "
+        "(`status_token`, and the `Location` header). The user's id opens nothing.",
         "schema": {"type": "string", "minLength": 1},
     }
     return {
@@ -112,7 +113,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
                             "description": "Registered.",
                             "headers": {
                                 "Location": {
-                                    "description": "The new user's URL.",
+                                    "description": "The new user's status URL (it holds "
+                                    "the status token).",
                                     "required": True,
                                     "schema": {"type": "string"},
                                 },
@@ -127,18 +129,18 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
-            "/api/users/{user_id}": {
+            "/api/status/{token}": {
                 "get": {
-                    "operationId": "getUser",
+                    "operationId": "getStatus",
                     "summary": "A user, its verification state and its notifications",
-                    "parameters": [user_id],
+                    "parameters": [status_token],
                     "responses": {
                         "200": {"description": "The user.", "content": _json(_ref("UserEnvelope"))},
                         **_common_errors(404, 500, 503),
                     },
                 }
             },
-            "/api/users/{user_id}/verify-phone": {
+            "/api/status/{token}/verify-phone": {
                 "post": {
                     "operationId": "verifyPhone",
                     "summary": "Confirm the phone number with the code from the SMS",
@@ -147,7 +149,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                         f"a code expires {settings.sms_code_max_age // 60} minutes after it "
                         "was sent."
                     ),
-                    "parameters": [user_id],
+                    "parameters": [status_token],
                     "requestBody": {"required": True, "content": _json(_ref("PhoneCode"))},
                     "responses": {
                         "200": {
@@ -280,8 +282,15 @@ def _schemas() -> dict[str, Any]:
         },
         "Created": {
             "type": "object",
-            "required": ["user", "mode"],
+            "required": ["user", "mode", "status_token"],
             "additionalProperties": False,
-            "properties": {"user": _ref("User"), "mode": {"type": "string"}},
+            "properties": {
+                "user": _ref("User"),
+                "mode": {"type": "string"},
+                "status_token": {
+                    "type": "string",
+                    "description": "Opens GET /api/status/{token}; shown this once only.",
+                },
+            },
         },
     }

@@ -26,7 +26,13 @@ from app.jobs import EmailJob, SmsJob, job_to_dict
 from app.ledger import new_lease_token
 from app.models import Notification, User, email_key, new_id, utcnow
 from app.smsbudget import HELD, SmsBudgets, charge_sms, sms_budgets
-from app.verification import hash_sms_code, make_email_token, make_sms_code
+from app.verification import (
+    hash_sms_code,
+    hash_status_token,
+    make_email_token,
+    make_sms_code,
+    make_status_token,
+)
 
 if TYPE_CHECKING:
     from app.dispatch import Dispatcher
@@ -66,6 +72,8 @@ class Registered:
     notifications: list[Notification]
     timings_ms: dict[str, float] = field(default_factory=dict)
     mode: str = ""  # the dispatch mode used (register_and_notify)
+    # Opens the user's status (API); handed out once, here, and stored only hashed.
+    status_token: str = ""
 
 
 def _text(data: Mapping[str, Any], key: str) -> str | None:
@@ -162,7 +170,7 @@ def sms_text(settings: Settings, code: str) -> str:
 
 def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
     email_id, sms_id = new_id(), new_id()
-    token = make_email_token(settings.secret_key, user.id, user.email)
+    token = make_email_token(settings.secret_key, user.email_verification_id or "", user.email)
     link = f"{settings.base_url.rstrip('/')}/verify-email/{token}"
     email = EmailJob(
         notification_id=email_id,
@@ -224,7 +232,10 @@ def register_user(
         sms_code_attempts=0,
         email_verified_at=None,
         phone_verified_at=None,
+        email_verification_id=new_id(),
     )
+    status_token = make_status_token()
+    user.status_token_hash = hash_status_token(status_token)
     user.sms_code_hash = hash_sms_code(settings.secret_key, user.id, code)
     user.sms_code_expires_at = now + timedelta(seconds=settings.sms_code_max_age)
     notifications = build_notifications(settings, user, code)
@@ -274,7 +285,12 @@ def register_user(
     # Detached and complete: the response reads them without touching the database again.
     set_committed_value(user, "notifications", notifications)
     elapsed = (time.perf_counter() - started) * 1000
-    return Registered(user=user, notifications=notifications, timings_ms={"db": elapsed})
+    return Registered(
+        user=user,
+        notifications=notifications,
+        timings_ms={"db": elapsed},
+        status_token=status_token,
+    )
 
 
 USER_COLUMNS = (
@@ -287,6 +303,8 @@ USER_COLUMNS = (
     "sms_code_hash",
     "sms_code_expires_at",
     "sms_code_attempts",
+    "status_token_hash",
+    "email_verification_id",
 )
 NOTIFICATION_COLUMNS = (
     "id",

@@ -12,9 +12,11 @@ from flask import (
     Blueprint,
     abort,
     flash,
+    jsonify,
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from flask_wtf.csrf import CSRFError
@@ -30,7 +32,12 @@ from app.models import User
 from app.ratelimit import REGISTRATIONS as REGISTRATION_LIMIT
 from app.ratelimit import VERIFICATIONS as VERIFICATION_LIMIT
 from app.ratelimit import RateLimited, limit
-from app.registration import AlreadyRegistered, InvalidRegistration, register_and_notify
+from app.registration import (
+    AlreadyRegistered,
+    InvalidRegistration,
+    describe_user,
+    register_and_notify,
+)
 
 bp = Blueprint("web", __name__)
 
@@ -78,8 +85,9 @@ def register() -> Response | Page:
         )
         return page, status
     REGISTRATIONS.labels(mode=registered.mode, outcome="created").inc()
+    session[SESSION_USER] = registered.user.id
     # Post/Redirect/Get: reloading the status page never registers twice.
-    return redirect(url_for("web.status", user_id=registered.user.id), code=303)
+    return redirect(url_for("web.status"), code=303)
 
 
 def _status_page(user: User, *, errors: dict[str, str] | None = None, code: str = "") -> str:
@@ -94,35 +102,56 @@ def _status_page(user: User, *, errors: dict[str, str] | None = None, code: str 
     )
 
 
-@bp.get("/users/<user_id>")
-def status(user_id: str) -> tuple[str, int, dict[str, str]]:
-    user = accounts.find_user(get_session(), user_id)
+# The browser that registered (or confirmed the email link) holds its user in the session
+# cookie (signed); the status page shows that user only, and no link carries an id.
+SESSION_USER = "user_id"
+
+
+def _session_user() -> User | None:
+    user_id = session.get(SESSION_USER)
+    return accounts.find_user(get_session(), user_id) if isinstance(user_id, str) else None
+
+
+@bp.get("/status")
+def status() -> Response | tuple[str, int, dict[str, str]]:
+    user = _session_user()
     if user is None:
-        abort(404)
+        return redirect(url_for("web.register"), code=303)
     # The page shows the user's email address and phone number: no shared caches.
     return _status_page(user), 200, {"Cache-Control": "no-store"}
 
 
-@bp.post("/users/<user_id>/verify-phone")
+@bp.get("/status/data")
+def status_data() -> Response:
+    """What static/status.js polls: the session's user, as the API describes it."""
+    user = _session_user()
+    if user is None:
+        abort(404)
+    response = jsonify(user=describe_user(user))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/status/verify-phone")
 @limit(VERIFICATION_LIMIT)
-def verify_phone(user_id: str) -> Response | Page:
+def verify_phone() -> Response | Page:
+    user = _session_user()
+    if user is None:
+        return redirect(url_for("web.register"), code=303)
     code = request.form.get("code", "")
     try:
-        accounts.verify_phone(get_session(), _settings(), user_id, code)
+        accounts.verify_phone(get_session(), _settings(), user.id, code)
     except accounts.UnknownUser:
         abort(404)
     except accounts.AlreadyVerified:
         flash("Your phone number was already confirmed.")
-        return redirect(url_for("web.status", user_id=user_id), code=303)
+        return redirect(url_for("web.status"), code=303)
     except accounts.VerificationError as exc:
-        user = exc.user or accounts.find_user(get_session(), user_id)
-        if user is None:
-            abort(404)
         fields = exc.fields or {"code": exc.message}
-        page = _status_page(user, errors=fields, code=code[: accounts.CODE_MAX_LENGTH])
+        page = _status_page(exc.user or user, errors=fields, code=code[: accounts.CODE_MAX_LENGTH])
         return page, VERIFICATION_STATUS[type(exc)], {"Cache-Control": "no-store"}
     flash("Your phone number is confirmed.")
-    return redirect(url_for("web.status", user_id=user_id), code=303)
+    return redirect(url_for("web.status"), code=303)
 
 
 @bp.route("/verify-email/<token>", methods=["GET", "POST"])
@@ -146,6 +175,9 @@ def verify_email(token: str) -> Page:
         )
         return page, VERIFICATION_STATUS[type(exc)]
     outcome = "confirmed" if confirm else "confirm"
+    if confirm:
+        # Whoever confirms the link holds the mailbox: this browser may see the status.
+        session[SESSION_USER] = user.id
     return render_template("verify_email.html", outcome=outcome, message="", user=user)
 
 

@@ -1,4 +1,4 @@
-/* The status page updates itself: poll GET /api/users/<id> and rewrite the notification
+/* The status page updates itself: poll GET /status/data (the session's user) and rewrite the notification
  * table, the verification list and the live region in place. No framework, no inline code
  * (the Content-Security-Policy forbids it). Without JavaScript the page's <noscript> refresh
  * does the same job, more crudely. */

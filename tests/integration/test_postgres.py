@@ -56,9 +56,10 @@ def test_migrations_match_the_models_on_postgres(postgres_url):
 def test_registration_and_duplicates_on_postgres(postgres_url):
     testapp = make_testapp(postgres_url)
     user = unique_user("pg")
-    created = testapp.post_json("/api/users?mode=serial", user, status=201).json["user"]
+    response = testapp.post_json("/api/users?mode=serial", user, status=201)
+    created = response.json["user"]
     assert [n["status"] for n in created["notifications"]] == ["sent", "sent"]
-    fetched = testapp.get(f"/api/users/{created['id']}").json["user"]
+    fetched = testapp.get(response.headers["Location"]).json["user"]
     assert fetched["created_at"].endswith("+00:00")
     clash = testapp.post_json("/api/users", {**user, "email": "other@example.com"}, status=409)
     assert list(clash.json["fields"]) == ["phone"]
