@@ -26,6 +26,8 @@ from app.registration import (
     describe_user,
     register_and_notify,
 )
+from app.resend import ResendError, TooManyResends, UnknownChannel
+from app.resend import resend as resend_message
 from app.servertiming import format_server_timing
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -137,6 +139,43 @@ def verify_phone(token: str) -> Response:
     except accounts.VerificationError as exc:
         return error(VERIFICATION_STATUS[type(exc)], exc.code, exc.message, exc.fields)
     response = jsonify(user=describe_user(user))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/status/<token>/resend")
+@limit(VERIFICATION_LIMIT)
+def resend(token: str) -> Response:
+    """A new email link or SMS code: `{"channel": "email"}` or `{"channel": "sms"}`."""
+    data = json_object("channel")
+    if isinstance(data, Response):
+        return data
+    channel = data.get("channel")
+    user = accounts.find_user_by_status_token(get_session(), token)
+    if user is None:
+        return error(404, "not_found", "No registration has this status token.")
+    try:
+        resend_message(
+            get_session(),
+            offload().settings,
+            offload().require_dispatcher(),
+            user,
+            channel if isinstance(channel, str) else "",
+        )
+    except UnknownChannel as exc:
+        return error(400, exc.code, "Unknown channel.", {"channel": exc.message})
+    except TooManyResends as exc:
+        # No wait makes it work again: gone, like a code whose attempts are spent.
+        return error(410, exc.code, exc.message)
+    except ResendError as exc:
+        response = error(429, exc.code, exc.message)
+        if exc.retry_after:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except accounts.AlreadyVerified as exc:
+        return error(409, exc.code, exc.message)
+    response = jsonify(user=describe_user(user))
+    response.status_code = 202
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -100,6 +100,10 @@ class Settings:
     # How long a consumer owns a notification while sending it; longer than any send may take.
     send_lease_seconds: float = 30.0
     verification_max_age: int = 48 * 3600
+    # Resends of the link or code (app/resend.py): at most this many per user, both channels
+    # together, and at least this long apart.
+    resend_max: int = 5
+    resend_cooldown_seconds: int = 60
     # A registration whose email and phone are not both verified this long after it was made
     # gives way to a new registration of the same address or number (no squatting).
     unverified_expiry_seconds: int = 48 * 3600
@@ -181,6 +185,8 @@ class Settings:
                 "RELAY_SWEEP_AFTER_SECONDS must be longer than the longest retry delay plus "
                 f"SEND_LEASE_SECONDS ({longest_wait:g} s), not {self.relay_sweep_after_seconds!r}"
             )
+        if self.resend_max < 0 or self.resend_cooldown_seconds < 0:
+            raise ConfigError("RESEND_MAX and RESEND_COOLDOWN_SECONDS must be 0 or more")
         if self.unverified_expiry_seconds < 1:
             raise ConfigError(
                 "UNVERIFIED_EXPIRY_SECONDS must be at least 1, "
@@ -321,6 +327,8 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RELAY_SWEEP_AFTER_SECONDS": ("relay_sweep_after_seconds", _float),
     "SEND_LEASE_SECONDS": ("send_lease_seconds", _float),
     "UNVERIFIED_EXPIRY_SECONDS": ("unverified_expiry_seconds", _int),
+    "RESEND_MAX": ("resend_max", _int),
+    "RESEND_COOLDOWN_SECONDS": ("resend_cooldown_seconds", _int),
     "RATE_LIMIT_ENABLED": ("rate_limit_enabled", _bool),
     "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),
     "RATE_LIMIT_VERIFICATIONS": ("rate_limit_verifications", str),

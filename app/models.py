@@ -61,6 +61,9 @@ class User(Base):
     sms_code_hash: Mapped[str | None] = mapped_column(String(128))
     sms_code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sms_code_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Resends so far (both channels) and when the last was asked for (app/resend.py).
+    resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_resend_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The status token (app/verification.py) opens the user's status; only its SHA-256 is kept.
     # The id is never a credential: it opens nothing and appears in no link.
     status_token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)

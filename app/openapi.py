@@ -41,7 +41,7 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
 def _common_errors(*codes: int) -> dict[str, Any]:
     catalogue = {
         "400": _error("The request is not valid; `fields` names each bad field."),
-        "404": _error("No user with this id."),
+        "404": _error("No registration has this status token."),
         "409": _error("Already registered, or already verified."),
         "410": _error("The code expired, or too many wrong codes were tried."),
         "413": _error("The body is larger than the limit."),
@@ -154,6 +154,28 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "The phone number is confirmed.",
+                            "content": _json(_ref("UserEnvelope")),
+                        },
+                        **_common_errors(400, 404, 409, 410, 413, 415, 429, 500, 503),
+                    },
+                }
+            },
+            "/api/status/{token}/resend": {
+                "post": {
+                    "operationId": "resend",
+                    "summary": "Send a new email link or SMS code",
+                    "description": (
+                        f"At most {settings.resend_max} resends per user (both channels), "
+                        f"{settings.resend_cooldown_seconds} s apart (429 with Retry-After "
+                        "before; 410 once all are used). A new SMS code replaces the old one "
+                        "and its attempts start again. The new message is a new notification "
+                        "(it appears in `notifications`); over an SMS budget it is `held`."
+                    ),
+                    "parameters": [status_token],
+                    "requestBody": {"required": True, "content": _json(_ref("ResendRequest"))},
+                    "responses": {
+                        "202": {
+                            "description": "A new message is on its way.",
                             "content": _json(_ref("UserEnvelope")),
                         },
                         **_common_errors(400, 404, 409, 410, 413, 415, 429, 500, 503),
@@ -273,6 +295,11 @@ def _schemas() -> dict[str, Any]:
                 },
                 "notifications": {"type": "array", "items": _ref("Notification")},
             },
+        },
+        "ResendRequest": {
+            "type": "object",
+            "required": ["channel"],
+            "properties": {"channel": {"type": "string", "enum": list(CHANNELS)}},
         },
         "UserEnvelope": {
             "type": "object",

@@ -168,12 +168,12 @@ def sms_text(settings: Settings, code: str) -> str:
     )
 
 
-def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
-    email_id, sms_id = new_id(), new_id()
+def email_job(settings: Settings, user: User, notification_id: str) -> EmailJob:
+    """The email with the confirmation link (at registration, and on a resend)."""
     token = make_email_token(settings.secret_key, user.email_verification_id or "", user.email)
     link = f"{settings.base_url.rstrip('/')}/verify-email/{token}"
-    email = EmailJob(
-        notification_id=email_id,
+    return EmailJob(
+        notification_id=notification_id,
         to=user.email,
         subject="Welcome to Offload: confirm your email address",
         text=(
@@ -183,11 +183,12 @@ def build_notifications(settings: Settings, user: User, sms_code: str) -> list[N
             f"The link works for {settings.verification_max_age // 3600} hours.\n"
         ),
     )
-    sms = SmsJob(
-        notification_id=sms_id,
-        to=user.phone,
-        body=sms_text(settings, sms_code),
-    )
+
+
+def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
+    email_id, sms_id = new_id(), new_id()
+    email = email_job(settings, user, email_id)
+    sms = SmsJob(notification_id=sms_id, to=user.phone, body=sms_text(settings, sms_code))
     return [
         Notification(id=email_id, user_id=user.id, channel="email", payload=job_to_dict(email)),
         Notification(id=sms_id, user_id=user.id, channel="sms", payload=job_to_dict(sms)),

@@ -38,6 +38,8 @@ from app.registration import (
     describe_user,
     register_and_notify,
 )
+from app.resend import ResendError, TooManyResends, UnknownChannel
+from app.resend import resend as resend_message
 
 bp = Blueprint("web", __name__)
 
@@ -151,6 +153,29 @@ def verify_phone() -> Response | Page:
         page = _status_page(exc.user or user, errors=fields, code=code[: accounts.CODE_MAX_LENGTH])
         return page, VERIFICATION_STATUS[type(exc)], {"Cache-Control": "no-store"}
     flash("Your phone number is confirmed.")
+    return redirect(url_for("web.status"), code=303)
+
+
+@bp.post("/status/resend/<channel>")
+@limit(VERIFICATION_LIMIT)
+def resend(channel: str) -> Response | Page:
+    user = _session_user()
+    if user is None:
+        return redirect(url_for("web.register"), code=303)
+    try:
+        resend_message(get_session(), _settings(), offload().require_dispatcher(), user, channel)
+    except UnknownChannel:
+        abort(404)
+    except accounts.AlreadyVerified as exc:
+        flash(exc.message)
+        return redirect(url_for("web.status"), code=303)
+    except ResendError as exc:
+        page = _status_page(user, errors={"resend": exc.message})
+        headers = {"Cache-Control": "no-store"}
+        if exc.retry_after:
+            headers["Retry-After"] = str(exc.retry_after)
+        return page, 410 if isinstance(exc, TooManyResends) else 429, headers
+    flash("We sent you a new code." if channel == "sms" else "We sent you a new link.")
     return redirect(url_for("web.status"), code=303)
 
 

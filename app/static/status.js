@@ -40,17 +40,17 @@
     var was = item.getAttribute("data-verified") === "true";
     item.setAttribute("data-verified", verified ? "true" : "false");
     setText(item, verified ? "confirmed" : "not confirmed yet");
-    if (verified && which === "phone") {
-      var form = document.getElementById("verify-phone-form");
-      if (form) {
-        form.hidden = true;
-      }
-    }
-    if (verified && which === "email") {
-      var hint = document.getElementById("email-instructions");
-      if (hint) {
-        hint.hidden = true;
-      }
+    var hide = {
+      phone: ["verify-phone-form", "resend-sms-form"],
+      email: ["email-instructions", "resend-email-form"],
+    };
+    if (verified) {
+      hide[which].forEach(function (id) {
+        var element = document.getElementById(id);
+        if (element) {
+          element.hidden = true;
+        }
+      });
     }
     return verified && !was;
   }

@@ -14,14 +14,21 @@ def test_every_form_carries_a_csrf_token(testapp):
     for url in ("/register", "/status"):
         for form in testapp.get(url).html.find_all("form"):
             forms[form["id"]] = form
-    assert set(forms) == {"register-form", "verify-phone-form"}
+    assert set(forms) == {
+        "register-form",
+        "verify-phone-form",
+        "resend-email-form",
+        "resend-sms-form",
+    }
     for form_id, form in forms.items():
         assert form["method"].lower() == "post", form_id
         token = form.select_one('input[type=hidden][name="csrf_token"]')
         assert token is not None and token["value"], form_id
 
 
-@pytest.mark.parametrize("path", ["/register", "/status/verify-phone"])
+@pytest.mark.parametrize(
+    "path", ["/register", "/status/verify-phone", "/status/resend/sms", "/status/resend/email"]
+)
 def test_posting_a_form_without_its_token_is_refused(testapp, path):
     register_in_browser(testapp)
     page = testapp.post(path, {"code": "123456", **ADA}, status=400)

@@ -38,6 +38,8 @@ OPERATIONS = [
     ("/api/status/{token}", "GET", GenerationMode.POSITIVE),
     ("/api/status/{token}/verify-phone", "POST", GenerationMode.POSITIVE),
     ("/api/status/{token}/verify-phone", "POST", GenerationMode.NEGATIVE),
+    ("/api/status/{token}/resend", "POST", GenerationMode.POSITIVE),
+    ("/api/status/{token}/resend", "POST", GenerationMode.NEGATIVE),
     ("/api/openapi.json", "GET", GenerationMode.POSITIVE),
 ]
 

@@ -109,7 +109,10 @@ def test_every_response_matches_the_document_and_every_status_happens(
     sms = RecordingSender()
     application = create_app(
         settings.with_overrides(
-            rate_limit_registrations="6/minute", rate_limit_verifications="12/minute"
+            rate_limit_registrations="6/minute",
+            rate_limit_verifications="20/minute",
+            resend_max=1,
+            resend_cooldown_seconds=0,
         ),
         publisher=publisher,
         email_sender=RecordingSender(),
@@ -166,12 +169,30 @@ def test_every_response_matches_the_document_and_every_status_happens(
         )
         session.commit()
     post_code(grace["token"], {"code": "123456"}, 410)
+
+    again = "/api/status/{token}/resend"
+
+    def post_resend(token, body, status):
+        response = api.post_json(f"/api/status/{token}/resend", body, status=status)
+        conform.check(again, "post", response)
+        return response
+
+    post_resend(grace["token"], {"channel": "email"}, 202)
+    post_resend(grace["token"], {"channel": "sms"}, 410)
+    post_resend(grace["token"], {"channel": "fax"}, 400)
+    post_resend("nobody", {"channel": "sms"}, 404)
+    post_resend(ada["token"], {"channel": "sms"}, 409)
+    post_resend(ada["token"], {"channel": "e" * 20_000}, 413)
+    conform.check(again, "post", api.post(f"/api/status/{ada['token']}/resend", "x", status=415))
     for _ in range(12):
         last = api.post_json(
             f"/api/status/{grace['token']}/verify-phone", {"code": "123456"}, expect_errors=True
         )
     conform.check(verify, "post", last)
     assert last.status_int == 429
+    conform.check(
+        again, "post", api.post_json(f"/api/status/{ada['token']}/resend", {}, status=429)
+    )
 
     # 503: a writer holds SQLite's lock past the busy timeout, or the database is unreachable.
     import sqlite3
@@ -197,6 +218,11 @@ def test_every_response_matches_the_document_and_every_status_happens(
             verify,
             "post",
             locked.post_json(f"/api/status/{kay}/verify-phone", {"code": "123456"}, status=503),
+        )
+        conform.check(
+            again,
+            "post",
+            locked.post_json(f"/api/status/{kay}/resend", {"channel": "sms"}, status=503),
         )
     finally:
         holder.rollback()

@@ -68,6 +68,8 @@ VARIABLES = [
     ("SMS_BUDGET_PER_NUMBER", "sms_budget_per_number", "3/day", "3/day", "0/day"),
     ("SMS_ALLOWED_COUNTRIES", "sms_allowed_countries", "us, ca", ("US", "CA"), "USA"),
     ("ALLOW_CLIENT_MODE", "allow_client_mode", "false", False, "sometimes"),
+    ("RESEND_MAX", "resend_max", "3", 3, "-1"),
+    ("RESEND_COOLDOWN_SECONDS", "resend_cooldown_seconds", "30", 30, "soon"),
     ("SEND_LEASE_SECONDS", "send_lease_seconds", "12.5", 12.5, "long"),
     ("RATE_LIMIT_ENABLED", "rate_limit_enabled", "0", False, "sometimes"),
     ("RATE_LIMIT_REGISTRATIONS", "rate_limit_registrations", "3/minute", "3/minute", None),
