@@ -2,7 +2,7 @@
 
 An SMS over one of the operator's budgets (SMS_BUDGET_GLOBAL, SMS_BUDGET_PER_COUNTRY,
 SMS_BUDGET_PER_NUMBER; see app/smsbudget.py) is written `held` and waits. Releasing makes it
-`pending` again, so the outbox relay publishes it within RELAY_GRACE_SECONDS; since the code
+`pending` again, so the outbox relay publishes it on its next scan; since the code
 it carried may have expired meanwhile, each released SMS gets a fresh code (valid
 SMS_CODE_MAX_AGE from the release) and its user's attempts start again. A release is not
 counted against the budgets: the operator has decided to pay for it.
@@ -59,7 +59,7 @@ def release_held(session: Session, settings: Settings, *, limit: int) -> int:
         session.execute(
             update(Notification)
             .where(Notification.id == notification.id, Notification.status == HELD)
-            .values(status="pending", last_error=None, payload=payload, created_at=now)
+            .values(status="pending", last_error=None, payload=payload)
             .execution_options(synchronize_session=False)
         )
         released += 1

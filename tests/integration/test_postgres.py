@@ -146,3 +146,16 @@ def test_case_folded_email_and_expiry_on_postgres(postgres_url):
     engine.dispose()
     # Expired and never verified: the same address registers again, the old row gives way.
     testapp.post_json("/api/users?mode=queued", shouted, status=201)
+
+
+def test_sms_budget_is_counted_in_the_registration_transaction_on_postgres(postgres_url):
+    testapp = make_testapp(postgres_url, sms_budget_per_country="1/hour")
+    # A calling code of its own, so other tests' registrations do not count here.
+    first = testapp.post_json(
+        "/api/users?mode=queued", {**unique_user("budget"), "phone": "+33 6 12 34 56 78"}
+    ).json["user"]
+    second = testapp.post_json(
+        "/api/users?mode=queued", {**unique_user("budget"), "phone": "+33 6 12 34 56 79"}
+    ).json["user"]
+    statuses = [{n["channel"]: n["status"] for n in u["notifications"]} for u in (first, second)]
+    assert statuses[0]["sms"] != "held" and statuses[1]["sms"] == "held"
