@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gevent
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import JSON, bindparam, case, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -206,25 +206,6 @@ class Sent:
     payload: dict[str, object]
 
 
-_RECORD_SENT = (
-    update(Notification)
-    .where(
-        Notification.id == bindparam("sent_id"),
-        Notification.send_lease_token == bindparam("token"),
-    )
-    .values(
-        status="sent",
-        attempts=Notification.attempts + 1,
-        sent_at=bindparam("now"),
-        last_error=None,
-        send_lease_until=None,
-        send_lease_token=None,
-        payload=bindparam("scrubbed"),
-    )
-    .execution_options(synchronize_session=False)
-)
-
-
 @dataclass(frozen=True)
 class Failure:
     notification_id: str
@@ -261,18 +242,29 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
     and the ledger decides again).
     """
     if sent:
-        now = utcnow()
-        session.connection().execute(
-            _RECORD_SENT,
-            [
-                {
-                    "sent_id": s.notification_id,
-                    "token": s.lease_token,
-                    "now": now,
-                    "scrubbed": s.payload,
-                }
-                for s in sent
-            ],
+        # One statement for the whole batch, as before the scrub: each row's scrubbed payload
+        # is picked by its id, and only rows still carrying their claim's token change.
+        scrubbed = case(
+            {s.notification_id: bindparam(None, s.payload, type_=JSON, unique=True) for s in sent},
+            value=Notification.id,
+        )
+        session.execute(
+            update(Notification)
+            .where(
+                tuple_(Notification.id, Notification.send_lease_token).in_(
+                    [(s.notification_id, s.lease_token) for s in sent]
+                )
+            )
+            .values(
+                status="sent",
+                attempts=Notification.attempts + 1,
+                sent_at=utcnow(),
+                last_error=None,
+                send_lease_until=None,
+                send_lease_token=None,
+                payload=scrubbed,
+            )
+            .execution_options(synchronize_session=False)
         )
     if failures:
         session.connection().execute(

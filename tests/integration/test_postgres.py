@@ -159,3 +159,34 @@ def test_sms_budget_is_counted_in_the_registration_transaction_on_postgres(postg
     ).json["user"]
     statuses = [{n["channel"]: n["status"] for n in u["notifications"]} for u in (first, second)]
     assert statuses[0]["sms"] != "held" and statuses[1]["sms"] == "held"
+
+
+def test_a_batch_is_recorded_sent_and_scrubbed_in_one_statement_on_postgres(postgres_url):
+    from app.jobs import encode_job, job_from_dict
+    from app.models import Notification as Row
+    from services.handlers import Claim, RetryPolicy, SendResult, claim_batch, record_batch
+
+    policy = RetryPolicy(max_attempts=3, delays_ms=(100,))
+    testapp = make_testapp(postgres_url)
+    token = testapp.post_json("/api/users?mode=queued", unique_user("scrub"), status=201).json[
+        "status_token"
+    ]
+    engine = make_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    user_id = testapp.get(f"/api/status/{token}").json["user"]["id"]
+    with sessions() as session:
+        rows = session.query(Row).filter_by(user_id=user_id).all()
+        bodies = {row.channel: encode_job(job_from_dict(row.payload)) for row in rows}
+    claims = []
+    for channel, body in bodies.items():
+        (claim,) = claim_batch([body], channel=channel, sessions=sessions, policy=policy)
+        assert isinstance(claim, Claim)
+        claims.append(claim)
+    record_batch([SendResult(claim, None) for claim in claims], sessions=sessions, policy=policy)
+    with sessions() as session:
+        rows = session.query(Row).filter_by(user_id=user_id).all()
+        assert {row.status for row in rows} == {"sent"}
+        for row in rows:
+            assert "verify-email" not in str(row.payload) and "code is" not in str(row.payload)
+            assert row.payload["notification_id"] == row.id
+    engine.dispose()
