@@ -81,8 +81,11 @@ class Settings:
     sms_timeout: float = 10.0
     # Consumers and the relay serve Prometheus metrics on this port when it is not 0.
     metrics_port: int = 0
-    consumer_concurrency: int = 10
-    consumer_prefetch: int = 20
+    # Sends in flight per consumer: by Little's law a consumer keeping up with R jobs a second
+    # whose server answers in L seconds needs R x L of them (500/s x 50 ms = 25). With too few
+    # the queue grows under load however idle the CPU, and the ledger's batches stay small.
+    consumer_concurrency: int = 50
+    consumer_prefetch: int = 100
     # "quorum" for a RabbitMQ cluster (replicated queues); "classic" on a single node.
     queue_type: str = "classic"
     max_attempts: int = 5

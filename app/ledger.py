@@ -11,9 +11,10 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import gevent
-from sqlalchemy import JSON, bindparam, case, or_, select, tuple_, update
+from sqlalchemy import JSON, Table, bindparam, case, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -24,6 +25,10 @@ from app.jobs import job_from_dict, job_to_dict, scrub_job
 from app.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
+
+# The consumers' batch statements go through SQLAlchemy Core on the table: the ORM's bulk-UPDATE
+# path adds more CPU than the statement itself, and these run for every job.
+NOTIFICATIONS = cast(Table, Notification.__table__)
 
 MAX_ERROR_LENGTH = 1000
 
@@ -50,8 +55,9 @@ def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
 class QueuedMarker:
     """Marks the rows the broker confirmed `queued`, in batches, off the request's path.
 
-    A confirmed publish leaves its rows `pending` for up to `interval` seconds; one UPDATE then
-    marks every row confirmed meanwhile. That costs one small transaction per batch instead of
+    The broker's confirm arrives (in a callback on the hub) after the response has gone; its rows
+    stay `pending` for up to `interval` seconds more, then one UPDATE marks every row confirmed
+    meanwhile. That costs one small transaction per batch instead of
     one per registration. Nothing depends on the mark but the relay, which leaves a pending row
     alone for RELAY_GRACE_SECONDS: a mark lost with its process only means the relay publishes
     those jobs again, and the consumers' ledger check keeps that from sending anything twice.
@@ -68,9 +74,10 @@ class QueuedMarker:
         for notification in notifications:
             notification.status = "queued"  # what the response shows; the row follows
         self._ids.extend(n.id for n in notifications)
-        if self.interval <= 0:
+        if self.interval <= 0 and gevent.getcurrent() is not gevent.get_hub():
             self.flush()
         elif self._flusher is None:
+            # A confirm arrives in a callback on the hub, which must not wait for the database.
             self._flusher = gevent.spawn_later(self.interval, self.flush)
 
     def flush(self) -> None:
@@ -159,7 +166,8 @@ def take_send_lease(session: Session, notification: Notification, seconds: float
 def send_lease_free() -> ColumnElement[bool]:
     """No one holds the row's send lease, by the database's clock."""
     return or_(
-        Notification.send_lease_until.is_(None), Notification.send_lease_until < database_now()
+        NOTIFICATIONS.c.send_lease_until.is_(None),
+        NOTIFICATIONS.c.send_lease_until < database_now(),
     )
 
 
@@ -172,16 +180,15 @@ def take_send_leases(
     run out, is left alone and not returned. `token` marks the rows as this claim's: the
     record of their results (record_sends) changes only rows that still carry it.
     """
-    rows = session.execute(
-        update(Notification)
+    rows = session.connection().execute(
+        update(NOTIFICATIONS)
         .where(
-            Notification.id.in_(notification_ids),
-            Notification.status != "sent",
+            NOTIFICATIONS.c.id.in_(notification_ids),
+            NOTIFICATIONS.c.status != "sent",
             send_lease_free(),
         )
         .values(send_lease_until=database_now(seconds), send_lease_token=token)
-        .returning(Notification.id, Notification.attempts)
-        .execution_options(synchronize_session=False)
+        .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.attempts)
     )
     return {notification_id: attempts for notification_id, attempts in rows}
 
@@ -216,13 +223,13 @@ class Failure:
 
 
 _RECORD_FAILURE = (
-    update(Notification)
+    update(NOTIFICATIONS)
     .where(
-        Notification.id == bindparam("failed_id"),
-        Notification.send_lease_token == bindparam("token"),
+        NOTIFICATIONS.c.id == bindparam("failed_id"),
+        NOTIFICATIONS.c.send_lease_token == bindparam("token"),
     )
     .values(
-        attempts=Notification.attempts + 1,
+        attempts=NOTIFICATIONS.c.attempts + 1,
         status=bindparam("new_status"),
         last_error=bindparam("error"),
         send_lease_until=None,
@@ -230,7 +237,6 @@ _RECORD_FAILURE = (
         # A retry is a new hand-off to the broker: the sweeper counts from here.
         queued_at=database_now(),
     )
-    .execution_options(synchronize_session=False)
 )
 
 
@@ -241,33 +247,33 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
     out and was taken over by another consumer changes nothing (its message comes back later
     and the ledger decides again).
     """
+    connection = session.connection()
     if sent:
         # One statement for the whole batch, as before the scrub: each row's scrubbed payload
         # is picked by its id, and only rows still carrying their claim's token change.
         scrubbed = case(
             {s.notification_id: bindparam(None, s.payload, type_=JSON, unique=True) for s in sent},
-            value=Notification.id,
+            value=NOTIFICATIONS.c.id,
         )
-        session.execute(
-            update(Notification)
+        connection.execute(
+            update(NOTIFICATIONS)
             .where(
-                tuple_(Notification.id, Notification.send_lease_token).in_(
+                tuple_(NOTIFICATIONS.c.id, NOTIFICATIONS.c.send_lease_token).in_(
                     [(s.notification_id, s.lease_token) for s in sent]
                 )
             )
             .values(
                 status="sent",
-                attempts=Notification.attempts + 1,
+                attempts=NOTIFICATIONS.c.attempts + 1,
                 sent_at=utcnow(),
                 last_error=None,
                 send_lease_until=None,
                 send_lease_token=None,
                 payload=scrubbed,
             )
-            .execution_options(synchronize_session=False)
         )
     if failures:
-        session.connection().execute(
+        connection.execute(
             _RECORD_FAILURE,
             [
                 {

@@ -3,7 +3,8 @@
 A notification row is written in the same transaction as its user. Its status tells the whole
 story of the job:
 
-    pending  written, not yet handed to the broker (the relay publishes these)
+    pending  written; not yet confirmed by the broker (the relay publishes these once they are
+             older than RELAY_GRACE_SECONDS)
     queued   confirmed by the broker, waiting for a consumer
     sent     the SMTP server or SMS gateway accepted it (consumers skip these on redelivery)
     failed   gave up: permanent error, or attempts exhausted (the job sits in the parking queue)

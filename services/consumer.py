@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_START = 0.5
 RECONNECT_BACKOFF_CAP = 30.0
 DRAIN_SECONDS = 30.0
+RECORD_LINGER_SECONDS = 0.002
 
 
 @dataclass
@@ -233,6 +234,10 @@ class Consumer:
         """Record every finished send in one transaction, then hand the verdicts over."""
         while True:
             finished = [self._results.get()]
+            # Group commit: a moment for the sends finishing alongside this one, so one
+            # transaction and one ack frame serve several jobs when many are in flight.
+            if self._send_slots.counter < self.concurrency:
+                gevent.sleep(RECORD_LINGER_SECONDS)
             while not self._results.empty():
                 finished.append(self._results.get_nowait())
             try:
