@@ -120,6 +120,7 @@ def register_dispatcher(
         or PikaPublisher(settings.amqp_url, retry_delays_ms=settings.retry_delays_ms),
         publish_timeout=settings.publish_timeout,
         queued_marker=QueuedMarker(offload.sessions, interval=settings.queued_mark_interval),
+        inline_lease_seconds=settings.inline_send_seconds,
     )
 
 

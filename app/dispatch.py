@@ -50,12 +50,14 @@ class Dispatcher:
         publisher: Publisher,
         publish_timeout: float,
         queued_marker: QueuedMarker,
+        inline_lease_seconds: float = 20.0,
     ) -> None:
         self.email_sender = email_sender
         self.sms_sender = sms_sender
         self.publisher = publisher
         self.publish_timeout = publish_timeout
         self.queued_marker = queued_marker
+        self._inline_lease_seconds = inline_lease_seconds
         self._modes: dict[str, Callable[[Session, list[Notification]], dict[str, float]]] = {
             "serial": self.dispatch_serial,
             "parallel": self.dispatch_parallel,
@@ -69,6 +71,11 @@ class Dispatcher:
         if mode == BASELINE_MODE:
             return "skipped", BASELINE_ERROR
         return "pending", None
+
+    def inline_lease_seconds(self, mode: str) -> float:
+        """How long the rows of a mode that sends inside the request are written leased: as
+        long as both sends may take one after the other (0: no lease, the consumers send)."""
+        return self._inline_lease_seconds if mode in ("serial", "parallel") else 0.0
 
     def dispatch(
         self, mode: str, session: Session, notifications: list[Notification]

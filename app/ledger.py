@@ -1,24 +1,27 @@
 """The notification ledger: every change of a notification's status goes through here.
 
 Used by the request path (serial and parallel modes send inline; queued mode marks rows queued)
-and by the consumers, so every mode leaves the same trace. Each function commits.
+and by the consumers, so every mode leaves the same trace. Each function commits. A row recorded
+sent keeps its job without the secret it carried (the SMS code, the email's link token).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import cast
 
 import gevent
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import JSON, Table, bindparam, case, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import session_scope
+from app.db import database_now, session_scope
+from app.jobs import job_from_dict, job_to_dict, scrub_job
 from app.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
     session.execute(
         update(Notification)
         .where(Notification.id.in_(notification_ids), Notification.status == "pending")
-        .values(status="queued", queued_at=utcnow())
+        .values(status="queued", queued_at=database_now())
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -98,14 +101,27 @@ class QueuedMarker:
         self.flush()
 
 
+def new_lease_token() -> str:
+    return uuid.uuid4().hex
+
+
 def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> None:
-    """Record the request's own sends (serial and parallel modes) in one transaction."""
+    """Record the request's own sends (serial and parallel modes) in one transaction.
+
+    The rows were written holding a send lease (app/registration.py); each UPDATE is
+    conditional on its token, like the consumers' record.
+    """
     now = utcnow()
     for outcome in outcomes:
         notification = outcome.notification
         values: dict[str, object]
         if outcome.error is None:
-            values = {"status": "sent", "sent_at": now, "last_error": None}
+            values = {
+                "status": "sent",
+                "sent_at": now,
+                "last_error": None,
+                "payload": scrubbed_payload(notification.payload),
+            }
         else:
             values = {
                 "status": outcome.retry_status,
@@ -113,8 +129,16 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
             }
         session.execute(
             update(Notification)
-            .where(Notification.id == notification.id)
-            .values(attempts=Notification.attempts + 1, send_lease_until=None, **values)
+            .where(
+                Notification.id == notification.id,
+                Notification.send_lease_token == notification.send_lease_token,
+            )
+            .values(
+                attempts=Notification.attempts + 1,
+                send_lease_until=None,
+                send_lease_token=None,
+                **values,
+            )
             .execution_options(synchronize_session=False)
         )
         for name, value in values.items():
@@ -134,28 +158,36 @@ class InlineOutcome:
 
 def take_send_lease(session: Session, notification: Notification, seconds: float) -> bool:
     """Claim the right to send this notification now; False if another consumer holds it."""
-    leased = take_send_leases(session, [notification.id], seconds)
+    leased = take_send_leases(session, [notification.id], seconds, new_lease_token())
     session.commit()
     return notification.id in leased
 
 
+def send_lease_free() -> ColumnElement[bool]:
+    """No one holds the row's send lease, by the database's clock."""
+    return or_(
+        NOTIFICATIONS.c.send_lease_until.is_(None),
+        NOTIFICATIONS.c.send_lease_until < database_now(),
+    )
+
+
 def take_send_leases(
-    session: Session, notification_ids: Sequence[str], seconds: float
+    session: Session, notification_ids: Sequence[str], seconds: float, token: str
 ) -> dict[str, int]:
     """Lease every unsent, unleased row of these in one UPDATE; {id: attempts} of those leased.
 
     The caller commits. A row already sent, or leased by another consumer whose lease has not
-    run out, is left alone and not returned.
+    run out, is left alone and not returned. `token` marks the rows as this claim's: the
+    record of their results (record_sends) changes only rows that still carry it.
     """
-    now = utcnow()
     rows = session.connection().execute(
         update(NOTIFICATIONS)
         .where(
             NOTIFICATIONS.c.id.in_(notification_ids),
             NOTIFICATIONS.c.status != "sent",
-            or_(NOTIFICATIONS.c.send_lease_until.is_(None), NOTIFICATIONS.c.send_lease_until < now),
+            send_lease_free(),
         )
-        .values(send_lease_until=now + timedelta(seconds=seconds))
+        .values(send_lease_until=database_now(seconds), send_lease_token=token)
         .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.attempts)
     )
     return {notification_id: attempts for notification_id, attempts in rows}
@@ -168,39 +200,76 @@ def notification_statuses(session: Session, notification_ids: Sequence[str]) -> 
     return {notification_id: status for notification_id, status in rows}
 
 
+def scrubbed_payload(payload: dict[str, object]) -> dict[str, object]:
+    """A sent job's payload without its secret (the code, the link token)."""
+    return job_to_dict(scrub_job(job_from_dict(payload)))
+
+
+@dataclass(frozen=True)
+class Sent:
+    notification_id: str
+    lease_token: str
+    # The job as the outbox keeps it once sent: the secret removed (app.jobs.scrub_job).
+    payload: dict[str, object]
+
+
 @dataclass(frozen=True)
 class Failure:
     notification_id: str
     error: str
     # "failed": no retry follows. "queued": a retry is scheduled through the broker.
     status: str
+    lease_token: str = ""
 
 
 _RECORD_FAILURE = (
     update(NOTIFICATIONS)
-    .where(NOTIFICATIONS.c.id == bindparam("failed_id"))
+    .where(
+        NOTIFICATIONS.c.id == bindparam("failed_id"),
+        NOTIFICATIONS.c.send_lease_token == bindparam("token"),
+    )
     .values(
         attempts=NOTIFICATIONS.c.attempts + 1,
         status=bindparam("new_status"),
         last_error=bindparam("error"),
         send_lease_until=None,
+        send_lease_token=None,
+        # A retry is a new hand-off to the broker: the sweeper counts from here.
+        queued_at=database_now(),
     )
 )
 
 
-def record_sends(session: Session, sent_ids: Sequence[str], failures: Sequence[Failure]) -> None:
-    """Record the results of a batch of sends in one transaction, and commit."""
+def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Failure]) -> None:
+    """Record the results of a batch of sends in one transaction, and commit.
+
+    Every UPDATE is conditional on the lease token the claim wrote: a sender whose lease ran
+    out and was taken over by another consumer changes nothing (its message comes back later
+    and the ledger decides again).
+    """
     connection = session.connection()
-    if sent_ids:
+    if sent:
+        # One statement for the whole batch, as before the scrub: each row's scrubbed payload
+        # is picked by its id, and only rows still carrying their claim's token change.
+        scrubbed = case(
+            {s.notification_id: bindparam(None, s.payload, type_=JSON, unique=True) for s in sent},
+            value=NOTIFICATIONS.c.id,
+        )
         connection.execute(
             update(NOTIFICATIONS)
-            .where(NOTIFICATIONS.c.id.in_(sent_ids))
+            .where(
+                tuple_(NOTIFICATIONS.c.id, NOTIFICATIONS.c.send_lease_token).in_(
+                    [(s.notification_id, s.lease_token) for s in sent]
+                )
+            )
             .values(
                 status="sent",
                 attempts=NOTIFICATIONS.c.attempts + 1,
                 sent_at=utcnow(),
                 last_error=None,
                 send_lease_until=None,
+                send_lease_token=None,
+                payload=scrubbed,
             )
         )
     if failures:
@@ -209,6 +278,7 @@ def record_sends(session: Session, sent_ids: Sequence[str], failures: Sequence[F
             [
                 {
                     "failed_id": failure.notification_id,
+                    "token": failure.lease_token,
                     "new_status": failure.status,
                     "error": failure.error[:MAX_ERROR_LENGTH],
                 }

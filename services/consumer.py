@@ -285,23 +285,25 @@ class Consumer:
         if not current:
             return
         assert self._publish_channel is not None
+        acked: list[int] = []
         for delivery, verdict in current:
+            copied = True
             if isinstance(verdict, Retry):
-                self._publish_channel.basic_publish(
+                copied = self._publish_copy(
                     "",
-                    routing_key=retry_queue(self.channel_name, verdict.delay_ms),
-                    body=delivery.body,
-                    properties=_with_headers(
+                    retry_queue(self.channel_name, verdict.delay_ms),
+                    delivery.body,
+                    _with_headers(
                         delivery.properties, {"x-offload-last-error": verdict.reason[:500]}
                     ),
                 )
             elif isinstance(verdict, Park):
                 log.warning("parking a %s job: %s", self.channel_name, verdict.reason)
-                self._publish_channel.basic_publish(
+                copied = self._publish_copy(
                     PARKED_EXCHANGE,
-                    routing_key=self.channel_name,
-                    body=delivery.body,
-                    properties=_with_headers(
+                    self.channel_name,
+                    delivery.body,
+                    _with_headers(
                         delivery.properties,
                         {
                             "x-offload-reason": verdict.reason[:500],
@@ -309,10 +311,48 @@ class Consumer:
                         },
                     ),
                 )
-            JOBS.labels(self.channel_name, _outcome(verdict)).inc()
+            if copied:
+                acked.append(delivery.delivery_tag)
+                JOBS.labels(self.channel_name, _outcome(verdict)).inc()
+            else:
+                # No copy anywhere: give the original back to the queue rather than lose it.
+                self._unsettled.discard(delivery.delivery_tag)
+                self._consume_channel.basic_nack(delivery.delivery_tag, requeue=True)
         # Ack only after the retry or parked copies are confirmed: a crash in between leaves
         # the originals to be redelivered, never lost.
-        self._ack([delivery.delivery_tag for delivery, _verdict in current])
+        if acked:
+            self._ack(acked)
+
+    def _publish_copy(
+        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
+    ) -> bool:
+        """Publish a retry or parked copy, mandatory and confirmed; whether the broker took it.
+
+        Without `mandatory` a copy the broker cannot route (its retry queue deleted, a policy
+        gone) is dropped in silence and the job is lost. Returned, the topology is declared
+        again and the copy published once more.
+        """
+        assert self._publish_channel is not None
+        for attempt in (1, 2):
+            try:
+                self._publish_channel.basic_publish(
+                    exchange,
+                    routing_key=routing_key,
+                    body=body,
+                    properties=properties,
+                    mandatory=True,
+                )
+                return True
+            except pika.exceptions.UnroutableError:
+                log.error("the broker could not route a copy to %r", routing_key or exchange)
+                if attempt == 1:
+                    declare_topology(
+                        self._publish_channel, self.policy.delays_ms, queue_type=self.queue_type
+                    )
+            except pika.exceptions.NackError:
+                log.error("the broker refused a copy for %r", routing_key or exchange)
+                return False
+        return False
 
     def _ack(self, tags: list[int]) -> None:
         """Ack these deliveries: with one frame when no older delivery is still unsettled."""

@@ -40,7 +40,18 @@ def register(
     )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
+    # The status opens with the token handed out once, not with the id: keep it with the user.
+    body["user"]["status_token"] = body["status_token"]
     return body
+
+
+def status_of(base_url: str, user: dict[str, Any], session: Any = None) -> dict[str, Any]:
+    """The user as GET /api/status/<token> describes it."""
+    http = session or requests
+    response = http.get(f"{base_url}/api/status/{user['status_token']}", timeout=10)
+    response.raise_for_status()
+    described: dict[str, Any] = response.json()["user"]
+    return described
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:

@@ -156,7 +156,9 @@ def test_sinks_failing_and_timing_out(stack):
     def ledger_of_users() -> list[dict[str, Any]]:
         with requests.Session() as http:
             return [
-                http.get(f"{stack.base_url}/api/users/{u['id']}", timeout=10).json()["user"]
+                http.get(f"{stack.base_url}/api/status/{u['status_token']}", timeout=10).json()[
+                    "user"
+                ]
                 for u in users
             ]
 
