@@ -134,7 +134,7 @@ class DispatchLab:
     ) -> dict[str, Any]:
         assert self.tail is not None and self.publisher is not None
         work = self.email_jobs(jobs)
-        ports = [free_port() for _ in range(processes)]
+        ports = distinct_free_ports(processes)
         names = [f"email-{processes}x{concurrency}-p{prefetch}-{i}" for i in range(processes)]
         for name, port in zip(names, ports, strict=True):
             self.stack.start_worker(
@@ -207,6 +207,17 @@ class DispatchLab:
                 time.sleep(0.05)
         finally:
             connection.close()
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    # free_port() closes its socket before returning, so two calls in a row may return the
+    # same port.
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def scrape(port: int) -> ConsumerFigures:
