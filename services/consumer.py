@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import gevent.lock
@@ -201,11 +201,9 @@ class Consumer:
     def _claim_loop(self) -> None:
         """Take every delivery waiting, claim them in one transaction, start their sends."""
         while True:
-            batch = [self._work.get()]
-            if self._in_flight:
-                gevent.sleep(LINGER_SECONDS)
-            while len(batch) < self.prefetch and not self._work.empty():
-                batch.append(self._work.get_nowait())
+            batch: list[Delivery] = _take_batch(
+                self._work, linger=self._in_flight > 0, limit=self.prefetch
+            )
             self._in_flight += len(batch)
             try:
                 decided = claim_batch(
@@ -239,13 +237,9 @@ class Consumer:
     def _record_loop(self) -> None:
         """Record every finished send in one transaction, then hand the verdicts over."""
         while True:
-            finished = [self._results.get()]
-            # Group commit: a moment for the sends finishing alongside this one, so one
-            # transaction and one ack frame serve several jobs when many are in flight.
-            if self._send_slots.counter < self.concurrency:
-                gevent.sleep(LINGER_SECONDS)
-            while not self._results.empty():
-                finished.append(self._results.get_nowait())
+            finished: list[tuple[Delivery, SendResult]] = _take_batch(
+                self._results, linger=self._send_slots.counter < self.concurrency, limit=None
+            )
             try:
                 verdicts: list[Verdict] = record_batch(
                     [result for _delivery, result in finished],
@@ -364,6 +358,23 @@ class Consumer:
             return
         for tag in tags:
             self._consume_channel.basic_ack(tag)
+
+
+T = TypeVar("T")
+
+
+def _take_batch(queue: gevent.queue.Queue[T], *, linger: bool, limit: int | None) -> list[T]:
+    """Wait for one item, then take every item waiting (at most `limit`).
+
+    Group commit: with `linger` (other work in flight) it first gives the items arriving
+    alongside a moment, so one transaction and one ack frame serve several jobs.
+    """
+    batch = [queue.get()]
+    if linger:
+        gevent.sleep(LINGER_SECONDS)
+    while (limit is None or len(batch) < limit) and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch
 
 
 def _outcome(verdict: Verdict) -> str:
