@@ -17,6 +17,7 @@ guessed), looked up by that digest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -45,9 +46,16 @@ class EmailClaim:
     email_digest: str
 
 
+@functools.lru_cache(maxsize=8)
+def _current_serializer(secret_key: str) -> URLSafeTimedSerializer:
+    # Built once per key: itsdangerous derives the signing key in the constructor, which cost
+    # more than signing the token itself, on every registration.
+    return URLSafeTimedSerializer(secret_key, salt=_TOKEN_SALT)
+
+
 def _serializer(secret_key: str, issued_at: int | None = None) -> URLSafeTimedSerializer:
     if issued_at is None:
-        return URLSafeTimedSerializer(secret_key, salt=_TOKEN_SALT)
+        return _current_serializer(secret_key)
 
     fixed: int = issued_at
 
