@@ -9,6 +9,12 @@ was already sent when RabbitMQ delivers it again.
                           <-------------------------------- dead-lettered back, same key ------+
     offload.parked (direct) --email--> offload.email.parked   (permanent failures, poison)
                             --sms----> offload.sms.parked
+
+    offload.events (topic) --user.#--> offload.webhook.<hash>   one per WEBHOOK_URLS endpoint,
+                                       (and any queue an operator binds)  retried and parked
+                                       like the jobs, through the default exchange
+
+Domain events (app/events.py) go to `offload.events` with their type as the routing key.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Literal
 
 JOBS_EXCHANGE = "offload.jobs"
 PARKED_EXCHANGE = "offload.parked"
+EVENTS_EXCHANGE = "offload.events"
 CHANNELS: tuple[str, ...] = ("email", "sms")
 SCHEMA_VERSION = 1
 

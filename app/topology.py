@@ -12,7 +12,15 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from app.jobs import CHANNELS, JOBS_EXCHANGE, PARKED_EXCHANGE, parked_queue, retry_queue, work_queue
+from app.jobs import (
+    CHANNELS,
+    EVENTS_EXCHANGE,
+    JOBS_EXCHANGE,
+    PARKED_EXCHANGE,
+    parked_queue,
+    retry_queue,
+    work_queue,
+)
 
 
 def connection_parameters(amqp_url: str, **overrides: Any) -> pika.URLParameters:
@@ -34,6 +42,8 @@ def declare_topology(
     """Declare exchanges and queues (idempotent; every process calls it on connect)."""
     channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
     channel.exchange_declare(PARKED_EXCHANGE, exchange_type="direct", durable=True)
+    # Domain events: every subscriber binds its own queue by routing key (user.#, ...).
+    channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
     base_args: dict[str, Any] = {"x-queue-type": queue_type}
     # Queues that dead-letter: a classic queue does it at most once (a dead-lettered message
     # that cannot be delivered is lost; the relay's sweeper finds its row). A quorum queue can

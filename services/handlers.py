@@ -170,6 +170,7 @@ def record_batch(
     failures: list[Failure] = []
     for result in results:
         notification_id = result.claim.job.notification_id
+        kind = result.claim.job.kind
         token = result.claim.lease_token
         error = result.error
         if error is None:
@@ -178,13 +179,13 @@ def record_batch(
             continue
         attempts = result.claim.attempts + 1
         if isinstance(error, PermanentSendError):
-            failures.append(Failure(notification_id, str(error), "failed", token))
+            failures.append(Failure(notification_id, str(error), "failed", token, kind))
             verdicts.append(Park(f"permanent failure: {error}"))
         elif attempts >= policy.max_attempts:
-            failures.append(Failure(notification_id, str(error), "failed", token))
+            failures.append(Failure(notification_id, str(error), "failed", token, kind))
             verdicts.append(Park(f"gave up after {attempts} attempts: {error}"))
         else:
-            failures.append(Failure(notification_id, str(error), "queued", token))
+            failures.append(Failure(notification_id, str(error), "queued", token, kind))
             wait_ms = error.retry_after_ms if isinstance(error, TransientSendError) else 0
             verdicts.append(Retry(policy.delay_after(attempts, at_least_ms=wait_ms), str(error)))
     with session_scope(sessions) as session:
