@@ -19,6 +19,7 @@ Domain events (app/events.py) go to `offload.events` with their type as the rout
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -28,6 +29,16 @@ PARKED_EXCHANGE = "offload.parked"
 EVENTS_EXCHANGE = "offload.events"
 CHANNELS: tuple[str, ...] = ("email", "sms")
 SCHEMA_VERSION = 1
+
+
+# What a webhook endpoint's queue receives from offload.events.
+WEBHOOK_BINDING = "user.#"
+
+
+def webhook_name(url: str) -> str:
+    """An endpoint's stable name, from its URL: its queues are `offload.<name>...` and its
+    ledger rows carry it. Hashed, so a URL's credentials never show in a queue name."""
+    return "webhook." + hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
 def work_queue(channel: str) -> str:

@@ -153,8 +153,10 @@ class PikaPublisher:
         queue_type: str = "classic",
         reconnect_pause: float = 1.0,
         name: str = "offload-web",
+        webhooks: Sequence[str] = (),
     ) -> None:
         self._params = connection_parameters(amqp_url, name=name)
+        self._webhooks = tuple(webhooks)
         self._retry_delays_ms = tuple(retry_delays_ms)
         self._queue_type = queue_type
         self._reconnect_pause = reconnect_pause
@@ -272,7 +274,9 @@ class PikaPublisher:
         handed_to_pika = False
         try:
             if not self._topology_declared:
-                declare_topology_once(self._params, self._retry_delays_ms, self._queue_type)
+                declare_topology_once(
+                    self._params, self._retry_delays_ms, self._queue_type, self._webhooks
+                )
                 self._topology_declared = True
             self._connection = GeventConnection(
                 self._params,
