@@ -11,10 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from string import hexdigits
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.events import EVENTS, USER_EMAIL_VERIFIED, USER_PHONE_VERIFIED, user_event
 from app.models import User, utcnow
 from app.verification import (
     SMS_CODE_DIGITS,
@@ -152,6 +153,9 @@ def verify_email(session: Session, settings: Settings, token: str) -> User:
         .returning(User.id)
         .execution_options(synchronize_session=False)
     ).first()
+    if changed is not None:
+        # In the verification's own transaction: the event exists exactly when the change does.
+        session.execute(insert(EVENTS), [user_event(USER_EMAIL_VERIFIED, user.id, now)])
     session.commit()
     session.refresh(user)
     if changed is None:  # another request used the link a moment ago
@@ -230,12 +234,17 @@ def verify_phone(session: Session, settings: Settings, user_id: str, code: str) 
         )
         raise WrongCode(message, left, user)
 
-    session.execute(
+    now = utcnow()
+    verified = session.execute(
         update(User)
         .where(User.id == user.id, User.phone_verified_at.is_(None))
-        .values(phone_verified_at=utcnow(), sms_code_hash=None, sms_code_expires_at=None)
+        .values(phone_verified_at=now, sms_code_hash=None, sms_code_expires_at=None)
+        .returning(User.id)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
+    if verified is not None:
+        # Only the request that made the change reports it (two right codes sent at once).
+        session.execute(insert(EVENTS), [user_event(USER_PHONE_VERIFIED, user.id, now)])
     session.commit()
     session.refresh(user)
     return user

@@ -7,6 +7,8 @@ build a `Settings` by hand and nothing leaks between them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import sys
@@ -133,6 +135,11 @@ class Settings:
     allow_client_mode: bool | None = None
     # The local harness only (devstack): how long each SMTP and SMS sink takes per message.
     sink_delay_ms: float = 50.0
+    # Endpoints that receive the user.* events as signed webhooks (services/webhooks.py), each
+    # through its own queue; empty: no webhooks. The secret signs them (Standard Webhooks:
+    # `whsec_` and base64), and is required when there is an endpoint.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = ""
 
     def validate(self) -> Settings:
         if self.dispatch_mode not in DISPATCH_MODES:
@@ -214,9 +221,24 @@ class Settings:
                 )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
+        self._validate_webhooks()
         if not self.sink_delay_ms >= 0:  # also refuses nan
             raise ConfigError(f"SINK_DELAY_MS must be 0 or more, not {self.sink_delay_ms!r}")
         return self
+
+    def _validate_webhooks(self) -> None:
+        for url in self.webhook_urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"WEBHOOK_URLS must list http(s) URLs, not {url!r}")
+        if self.webhook_urls and not self.webhook_secret:
+            raise ConfigError("WEBHOOK_SECRET is required when WEBHOOK_URLS is set")
+        if self.webhook_secret and not webhook_secret_bytes(self.webhook_secret):
+            raise ConfigError(
+                "WEBHOOK_SECRET must be whsec_ followed by base64 (e.g. python -c 'import "
+                'base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(32))'
+                ".decode())')"
+            )
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes).validate()
@@ -235,6 +257,16 @@ class Settings:
     @property
     def web_database_pool_size(self) -> int:
         return self.database_pool_size or self.web_pool_size
+
+
+def webhook_secret_bytes(secret: str) -> bytes:
+    """The HMAC key of a `whsec_<base64>` secret (Standard Webhooks); b"" if it is not one."""
+    if not secret.startswith("whsec_"):
+        return b""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def is_loopback_url(url: str) -> bool:
@@ -277,6 +309,10 @@ def _optional_bool(raw: str, name: str) -> bool | None:
 
 def _regions(raw: str, name: str) -> tuple[str, ...]:
     return tuple(part.strip().upper() for part in raw.split(",") if part.strip())
+
+
+def _urls(raw: str, name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 def _delays(raw: str, name: str) -> tuple[int, ...]:
@@ -342,6 +378,8 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SMS_ALLOWED_COUNTRIES": ("sms_allowed_countries", _regions),
     "ALLOW_CLIENT_MODE": ("allow_client_mode", _optional_bool),
     "SINK_DELAY_MS": ("sink_delay_ms", _float),
+    "WEBHOOK_URLS": ("webhook_urls", _urls),
+    "WEBHOOK_SECRET": ("webhook_secret", str),
 }
 
 

@@ -9,18 +9,36 @@ was already sent when RabbitMQ delivers it again.
                           <-------------------------------- dead-lettered back, same key ------+
     offload.parked (direct) --email--> offload.email.parked   (permanent failures, poison)
                             --sms----> offload.sms.parked
+
+    offload.events (topic) --user.#--> offload.webhook.<hash>   one per WEBHOOK_URLS endpoint,
+                                       (and any queue an operator binds)  retried and parked
+                                       like the jobs, through the default exchange
+
+Domain events (app/events.py) go to `offload.events` with their type as the routing key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 JOBS_EXCHANGE = "offload.jobs"
 PARKED_EXCHANGE = "offload.parked"
+EVENTS_EXCHANGE = "offload.events"
 CHANNELS: tuple[str, ...] = ("email", "sms")
 SCHEMA_VERSION = 1
+
+
+# What a webhook endpoint's queue receives from offload.events.
+WEBHOOK_BINDING = "user.#"
+
+
+def webhook_name(url: str) -> str:
+    """An endpoint's stable name, from its URL: its queues are `offload.<name>...` and its
+    ledger rows carry it. Hashed, so a URL's credentials never show in a queue name."""
+    return "webhook." + hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
 def work_queue(channel: str) -> str:

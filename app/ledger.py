@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import cast
 
 import gevent
-from sqlalchemy import JSON, Table, bindparam, case, or_, select, tuple_, update
+from sqlalchemy import JSON, Table, bindparam, case, insert, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import database_now, session_scope
+from app.events import EVENTS, notification_event
 from app.jobs import job_from_dict, job_to_dict, scrub_job
 from app.models import Notification, utcnow
 
@@ -112,6 +113,7 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
     conditional on its token, like the consumers' record.
     """
     now = utcnow()
+    events: list[dict[str, object]] = []
     for outcome in outcomes:
         notification = outcome.notification
         values: dict[str, object]
@@ -127,7 +129,7 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
                 "status": outcome.retry_status,
                 "last_error": outcome.error[:MAX_ERROR_LENGTH],
             }
-        session.execute(
+        changed = session.execute(
             update(Notification)
             .where(
                 Notification.id == notification.id,
@@ -139,11 +141,17 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
                 send_lease_token=None,
                 **values,
             )
+            .returning(Notification.id)
             .execution_options(synchronize_session=False)
-        )
+        ).first()
+        status = values["status"]
+        if changed is not None and status in ("sent", "failed"):
+            events.append(notification_event(notification.id, notification.channel, status, now))
         for name, value in values.items():
             setattr(notification, name, value)
         notification.attempts = (notification.attempts or 0) + 1
+    if events:
+        session.execute(insert(EVENTS), events)
     session.commit()
 
 
@@ -220,6 +228,7 @@ class Failure:
     # "failed": no retry follows. "queued": a retry is scheduled through the broker.
     status: str
     lease_token: str = ""
+    channel: str = ""  # "email" or "sms": named by the notification.failed event
 
 
 _RECORD_FAILURE = (
@@ -248,6 +257,8 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
     and the ledger decides again).
     """
     connection = session.connection()
+    now = utcnow()
+    events: list[dict[str, object]] = []
     if sent:
         # One statement for the whole batch, as before the scrub: each row's scrubbed payload
         # is picked by its id, and only rows still carrying their claim's token change.
@@ -255,7 +266,7 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
             {s.notification_id: bindparam(None, s.payload, type_=JSON, unique=True) for s in sent},
             value=NOTIFICATIONS.c.id,
         )
-        connection.execute(
+        recorded = connection.execute(
             update(NOTIFICATIONS)
             .where(
                 tuple_(NOTIFICATIONS.c.id, NOTIFICATIONS.c.send_lease_token).in_(
@@ -265,24 +276,44 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
             .values(
                 status="sent",
                 attempts=NOTIFICATIONS.c.attempts + 1,
-                sent_at=utcnow(),
+                sent_at=now,
                 last_error=None,
                 send_lease_until=None,
                 send_lease_token=None,
                 payload=scrubbed,
             )
+            # Only the rows this record changed get their event (not those taken over).
+            .returning(NOTIFICATIONS.c.id)
         )
-    if failures:
-        connection.execute(
-            _RECORD_FAILURE,
-            [
-                {
-                    "failed_id": failure.notification_id,
-                    "token": failure.lease_token,
-                    "new_status": failure.status,
-                    "error": failure.error[:MAX_ERROR_LENGTH],
-                }
-                for failure in failures
-            ],
+        kinds = {s.notification_id: str(s.payload.get("kind", "")) for s in sent}
+        events.extend(
+            notification_event(notification_id, kinds[notification_id], "sent", now)
+            for (notification_id,) in recorded
         )
+    retries = [failure for failure in failures if failure.status != "failed"]
+    if retries:
+        connection.execute(_RECORD_FAILURE, [_failure_params(failure) for failure in retries])
+    for failure in failures:
+        if failure.status != "failed":
+            continue
+        # One statement each: giving up is rare, and RETURNING tells whether this record
+        # changed the row (an executemany cannot).
+        if connection.execute(
+            _RECORD_FAILURE.returning(NOTIFICATIONS.c.id), _failure_params(failure)
+        ).first():
+            events.append(
+                notification_event(failure.notification_id, failure.channel, "failed", now)
+            )
+    if events:
+        # One INSERT for the batch's events, in the batch's one transaction.
+        connection.execute(insert(EVENTS), events)
     session.commit()
+
+
+def _failure_params(failure: Failure) -> dict[str, object]:
+    return {
+        "failed_id": failure.notification_id,
+        "token": failure.lease_token,
+        "new_status": failure.status,
+        "error": failure.error[:MAX_ERROR_LENGTH],
+    }

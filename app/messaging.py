@@ -22,7 +22,8 @@ import pika.spec
 from pika.adapters.gevent_connection import GeventConnection
 from pika.channel import Channel
 
-from app.jobs import JOBS_EXCHANGE, Job, encode_job
+from app.events import EventMessage
+from app.jobs import EVENTS_EXCHANGE, JOBS_EXCHANGE, Job, encode_job
 from app.topology import connection_parameters, declare_topology_once
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ class Publisher(Protocol):
         them again). Either way PublishError means they were not published.
         """
 
+    def publish_events(self, events: Sequence[EventMessage], *, timeout: float) -> int:
+        """Publish domain events to `offload.events` (persistent, mandatory, confirmed) and
+        return once the broker confirmed every one; return how many no queue was bound to.
+
+        An event nobody subscribes to is returned by the broker (mandatory) and still counts as
+        published: on a topic exchange that is the normal case, not a failure. PublishError
+        means they were not all confirmed.
+        """
+
     def warm_up(self) -> None:
         """Start connecting now, so the first request does not pay for it (never raises)."""
 
@@ -72,11 +82,30 @@ def job_properties(job: Job, headers: dict[str, Any] | None = None) -> pika.Basi
     )
 
 
+def event_properties(event: EventMessage) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=event.id,
+        type=event.type,
+        headers={},
+    )
+
+
 class Confirmations:
     """The broker's answers for the jobs of one `publish` call."""
 
-    def __init__(self, count: int, on_confirmed: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        count: int,
+        on_confirmed: Callable[[], None] | None,
+        *,
+        unroutable_is_failure: bool = True,
+    ) -> None:
         self.outstanding = count
+        # Jobs must reach their queue; an event may have no subscriber (see publish_events).
+        self.unroutable_is_failure = unroutable_is_failure
+        self.unrouted = 0
         self.failure: PublishError | None = None
         self.on_confirmed = on_confirmed
         self.done = gevent.event.Event()
@@ -124,8 +153,10 @@ class PikaPublisher:
         queue_type: str = "classic",
         reconnect_pause: float = 1.0,
         name: str = "offload-web",
+        webhooks: Sequence[str] = (),
     ) -> None:
         self._params = connection_parameters(amqp_url, name=name)
+        self._webhooks = tuple(webhooks)
         self._retry_delays_ms = tuple(retry_delays_ms)
         self._queue_type = queue_type
         self._reconnect_pause = reconnect_pause
@@ -170,16 +201,47 @@ class PikaPublisher:
             if on_confirmed is None:
                 confirmations.wait()
 
+    def publish_events(self, events: Sequence[EventMessage], *, timeout: float) -> int:
+        with gevent.Timeout(timeout, PublishTimeout(f"no confirm within {timeout:.3f}s")):
+            channel = self._ready_channel()
+            confirmations = Confirmations(len(events), None, unroutable_is_failure=False)
+            for event in events:
+                self._publish_raw(
+                    channel,
+                    EVENTS_EXCHANGE,
+                    event.type,
+                    event.body,
+                    event_properties(event),
+                    confirmations,
+                )
+            # Pipelined: every event of the batch in flight at once, one wait for them all.
+            confirmations.wait()
+            return confirmations.unrouted
+
     def _publish_one(self, channel: Channel, job: Job, confirmations: Confirmations) -> None:
+        self._publish_raw(
+            channel, JOBS_EXCHANGE, job.kind, encode_job(job), job_properties(job), confirmations
+        )
+
+    def _publish_raw(
+        self,
+        channel: Channel,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: pika.BasicProperties,
+        confirmations: Confirmations,
+    ) -> None:
         self._next_tag += 1
-        self._pending[self._next_tag] = (confirmations, job.notification_id)
+        assert properties.message_id is not None
+        self._pending[self._next_tag] = (confirmations, properties.message_id)
         try:
             channel.basic_publish(
-                JOBS_EXCHANGE,
-                routing_key=job.kind,
-                body=encode_job(job),
-                properties=job_properties(job),
-                mandatory=True,  # an unroutable job comes back instead of vanishing
+                exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=properties,
+                mandatory=True,  # an unroutable message comes back instead of vanishing
             )
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._pending.pop(self._next_tag, None)
@@ -212,7 +274,9 @@ class PikaPublisher:
         handed_to_pika = False
         try:
             if not self._topology_declared:
-                declare_topology_once(self._params, self._retry_delays_ms, self._queue_type)
+                declare_topology_once(
+                    self._params, self._retry_delays_ms, self._queue_type, self._webhooks
+                )
                 self._topology_declared = True
             self._connection = GeventConnection(
                 self._params,
@@ -268,7 +332,11 @@ class PikaPublisher:
             confirmations, message_id = entry
             if message_id in self._returned:
                 self._returned.discard(message_id)
-                confirmations.settle(PublishError("the broker could not route the job"))
+                confirmations.unrouted += 1
+                if confirmations.unroutable_is_failure:
+                    confirmations.settle(PublishError("the broker could not route the job"))
+                else:
+                    confirmations.settle(None if acked else PublishError("refused (nack)"))
             elif acked:
                 confirmations.settle(None)
             else:
@@ -317,7 +385,14 @@ class InMemoryPublisher:
 
     def __init__(self, *, fail_with: PublishError | None = None) -> None:
         self.published: list[Job] = []
+        self.events: list[EventMessage] = []
         self.fail_with = fail_with
+
+    def publish_events(self, events: Sequence[EventMessage], *, timeout: float) -> int:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.events.extend(events)
+        return 0
 
     def publish(
         self,

@@ -123,3 +123,60 @@ class RateLimitCounter(Base):
     # When the window closes; the clean-up deletes rows whose window has closed.
     window_end: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     hits: Mapped[int] = mapped_column(Integer)
+
+
+EVENT_STATUSES = ("pending", "published")
+
+
+class Event(Base):
+    """A domain event in the outbox (app/events.py): written in the transaction of the change
+    it reports, published by the relay to the `offload.events` topic exchange.
+
+        pending    written; the relay has not had the broker's confirm yet
+        published  confirmed by the broker (routed to every queue bound to its type, or to
+                   none when nobody subscribes: that is a topic's normal case)
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # The routing key: user.registered, user.email_verified, notification.sent, ...
+    type: Mapped[str] = mapped_column(String(64))
+    # The v1 envelope exactly as it goes on the wire (app.events.envelope).
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Relay lease, as on notifications: one relay owns a row until `claimed_until`.
+    claimed_by: Mapped[str | None] = mapped_column(String(32))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+WEBHOOK_STATUSES = ("retrying", "delivered", "failed")
+
+
+class WebhookDelivery(Base):
+    """The webhook ledger: one row per (event, endpoint), so a redelivered event is not POSTed
+    to the same endpoint twice (services/webhooks.py).
+
+        retrying   at least one attempt failed; a retry waits in the endpoint's retry queue
+        delivered  the endpoint answered 2xx (redeliveries are acked without a POST)
+        failed     a permanent refusal (4xx), or attempts exhausted: parked
+    A row is written by the first claim of its event, with no status until the first result.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    event_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The endpoint's stable name (app.events.webhook_name(url)), not the URL, which may hold
+    # credentials.
+    endpoint: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str | None] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Send lease, as on notifications: one consumer POSTs an event to an endpoint at a time.
+    send_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    send_lease_token: Mapped[str | None] = mapped_column(String(32))

@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
 from app.db import database_now
+from app.events import EVENTS, USER_REGISTERED, user_event
 from app.jobs import EmailJob, SmsJob, job_to_dict
 from app.ledger import new_lease_token
 from app.models import Notification, User, email_key, new_id, utcnow
@@ -205,7 +206,8 @@ def register_user(
     send_lease_seconds: float = 0.0,
     sms_budgets: SmsBudgets | None = None,
 ) -> Registered:
-    """Write the user and its two outbox rows in one transaction, and commit.
+    """Write the user, its two outbox rows and its `user.registered` event in one transaction,
+    and commit.
 
     The rows are written through SQLAlchemy Core, not the ORM's unit of work: three INSERTs and
     one commit is all a registration needs, and the unit of work cost more CPU than everything
@@ -255,6 +257,8 @@ def register_user(
         )
 
     sms = next(n for n in notifications if n.channel == "sms")
+    # The domain event rides in the same transaction: it exists exactly when the user does.
+    registered_event = user_event(USER_REGISTERED, user.id, now)
 
     def write() -> None:
         connection = session.connection()
@@ -267,6 +271,7 @@ def register_user(
         connection.execute(
             insert_notifications, [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
         )
+        connection.execute(insert(EVENTS), [registered_event])
         session.commit()
 
     try:

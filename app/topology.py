@@ -12,7 +12,16 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from app.jobs import CHANNELS, JOBS_EXCHANGE, PARKED_EXCHANGE, parked_queue, retry_queue, work_queue
+from app.jobs import (
+    CHANNELS,
+    EVENTS_EXCHANGE,
+    JOBS_EXCHANGE,
+    PARKED_EXCHANGE,
+    WEBHOOK_BINDING,
+    parked_queue,
+    retry_queue,
+    work_queue,
+)
 
 
 def connection_parameters(amqp_url: str, **overrides: Any) -> pika.URLParameters:
@@ -29,11 +38,19 @@ def connection_parameters(amqp_url: str, **overrides: Any) -> pika.URLParameters
 
 
 def declare_topology(
-    channel: BlockingChannel, retry_delays_ms: Iterable[int], *, queue_type: str = "classic"
+    channel: BlockingChannel,
+    retry_delays_ms: Iterable[int],
+    *,
+    queue_type: str = "classic",
+    webhooks: Sequence[str] = (),
 ) -> None:
-    """Declare exchanges and queues (idempotent; every process calls it on connect)."""
+    """Declare exchanges and queues (idempotent; every process calls it on connect), and the
+    queues of the webhook endpoints named in `webhooks` (app.jobs.webhook_name)."""
+    retry_delays_ms = tuple(retry_delays_ms)
     channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
     channel.exchange_declare(PARKED_EXCHANGE, exchange_type="direct", durable=True)
+    # Domain events: every subscriber binds its own queue by routing key (user.#, ...).
+    channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
     base_args: dict[str, Any] = {"x-queue-type": queue_type}
     # Queues that dead-letter: a classic queue does it at most once (a dead-lettered message
     # that cannot be delivered is lost; the relay's sweeper finds its row). A quorum queue can
@@ -71,14 +88,63 @@ def declare_topology(
                     "x-dead-letter-routing-key": name,
                 },
             )
+    for name in webhooks:
+        declare_webhook_queues(channel, name, retry_delays_ms, base_args, dead_lettering)
+
+
+def declare_webhook_queues(
+    channel: BlockingChannel,
+    name: str,
+    retry_delays_ms: Iterable[int],
+    base_args: dict[str, Any],
+    dead_lettering: dict[str, Any],
+) -> None:
+    """One endpoint's queues: the work queue bound to `user.#` on offload.events, its retry
+    queues, its parking queue.
+
+    Its messages keep their event's routing key (user.registered, ...), which names no queue
+    of this endpoint; so the work queue dead-letters to the parking queue under the endpoint's
+    name, and a retry goes back through the default exchange straight to the work queue (back
+    through offload.events it would reach every other subscriber again).
+    """
+    channel.queue_declare(
+        work_queue(name),
+        durable=True,
+        arguments={
+            **base_args,
+            **dead_lettering,
+            "x-dead-letter-exchange": PARKED_EXCHANGE,
+            "x-dead-letter-routing-key": name,
+        },
+    )
+    channel.queue_bind(work_queue(name), EVENTS_EXCHANGE, routing_key=WEBHOOK_BINDING)
+    channel.queue_declare(parked_queue(name), durable=True, arguments=dict(base_args))
+    channel.queue_bind(parked_queue(name), PARKED_EXCHANGE, routing_key=name)
+    for delay in retry_delays_ms:
+        channel.queue_declare(
+            retry_queue(name, delay),
+            durable=True,
+            arguments={
+                **base_args,
+                **dead_lettering,
+                "x-message-ttl": delay,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": work_queue(name),
+            },
+        )
 
 
 def declare_topology_once(
-    params: pika.URLParameters, retry_delays_ms: Sequence[int], queue_type: str
+    params: pika.URLParameters,
+    retry_delays_ms: Sequence[int],
+    queue_type: str,
+    webhooks: Sequence[str] = (),
 ) -> None:
     """Declare the topology over a short-lived blocking connection."""
     connection = pika.BlockingConnection(params)
     try:
-        declare_topology(connection.channel(), retry_delays_ms, queue_type=queue_type)
+        declare_topology(
+            connection.channel(), retry_delays_ms, queue_type=queue_type, webhooks=webhooks
+        )
     finally:
         connection.close()

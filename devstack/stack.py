@@ -126,6 +126,9 @@ class Stack:
             self.start_web()
             for worker in self.config.workers:
                 self.start_worker(worker)
+            # The webhooks worker is optional: started when the environment names endpoints.
+            if self.environment().get("WEBHOOK_URLS") and "webhooks" not in self.config.workers:
+                self.start_worker("webhooks")
         except BaseException:
             self.stop()
             raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,15 +37,13 @@ from app.senders import Sender
 from app.shutdown import on_stop_signals
 from app.topology import connection_parameters, declare_topology
 from services.handlers import (
-    Claim,
+    VERDICTS,
+    Handler,
+    NotificationHandler,
     Park,
     Retry,
     RetryPolicy,
-    SendResult,
     Verdict,
-    claim_batch,
-    record_batch,
-    send_claimed,
 )
 from services.metrics import JOB_SECONDS, JOBS
 
@@ -74,16 +73,25 @@ class Consumer:
         *,
         channel: str,
         amqp_url: str,
-        sender: Sender[Any],
+        sender: Sender[Any] | None = None,
         sessions: sessionmaker[Session],
         policy: RetryPolicy,
         concurrency: int,
         prefetch: int,
         queue_type: str = "classic",
+        handler: Handler | None = None,
+        webhooks: Sequence[str] = (),
     ) -> None:
+        """Consume `channel`'s work queue: email and SMS jobs with `sender`, or any other
+        queue with its `handler` (a webhook endpoint's, services/webhooks.py). `webhooks`
+        names the endpoints whose queues the topology declares too."""
         self.channel_name = channel
         self.queue = work_queue(channel)
-        self.sender = sender
+        if handler is None:
+            assert sender is not None, "a sender, or a handler"
+            handler = NotificationHandler(channel, sender, sessions, policy)
+        self.handler = handler
+        self.webhooks = tuple(webhooks)
         self.sessions = sessions
         self.policy = policy
         self.concurrency = concurrency
@@ -91,7 +99,7 @@ class Consumer:
         self.queue_type = queue_type
         self.params = connection_parameters(amqp_url, name=f"offload-consumer-{channel}")
         self._work: gevent.queue.Queue[Delivery] = gevent.queue.Queue()
-        self._results: gevent.queue.Queue[tuple[Delivery, SendResult]] = gevent.queue.Queue()
+        self._results: gevent.queue.Queue[tuple[Delivery, Any]] = gevent.queue.Queue()
         self._send_slots = gevent.lock.BoundedSemaphore(concurrency)
         # Delivery tags received on the current connection and not yet acked or nacked.
         self._unsettled: set[int] = set()
@@ -138,7 +146,12 @@ class Consumer:
         self._connection = pika.BlockingConnection(self.params)
         publish_channel = self._connection.channel()
         publish_channel.confirm_delivery()
-        declare_topology(publish_channel, self.policy.delays_ms, queue_type=self.queue_type)
+        declare_topology(
+            publish_channel,
+            self.policy.delays_ms,
+            queue_type=self.queue_type,
+            webhooks=self.webhooks,
+        )
         consume_channel = self._connection.channel()
         consume_channel.basic_qos(prefetch_count=self.prefetch)
         self._consumer_tag = consume_channel.basic_consume(self.queue, self._on_message)
@@ -206,30 +219,25 @@ class Consumer:
             )
             self._in_flight += len(batch)
             try:
-                decided = claim_batch(
-                    [delivery.body for delivery in batch],
-                    channel=self.channel_name,
-                    sessions=self.sessions,
-                    policy=self.policy,
-                )
+                decided = self.handler.claim([delivery.body for delivery in batch])
             except Exception as exc:
                 log.exception("claiming %d %s jobs failed", len(batch), self.channel_name)
                 retry = Retry(self.policy.delay_after(1), f"unexpected error: {exc!r}")
                 decided = [retry] * len(batch)
             settled_now: list[tuple[Delivery, Verdict]] = []
             for delivery, decision in zip(batch, decided, strict=True):
-                if isinstance(decision, Claim):
+                if isinstance(decision, VERDICTS):
+                    settled_now.append((delivery, decision))
+                else:
                     self._send_slots.acquire()
                     gevent.spawn(self._send, delivery, decision)
-                else:
-                    settled_now.append((delivery, decision))
             if settled_now:
                 self._hand_over(settled_now)
 
-    def _send(self, delivery: Delivery, claim: Claim) -> None:
+    def _send(self, delivery: Delivery, claim: Any) -> None:
         try:
             with JOB_SECONDS.labels(self.channel_name).time():
-                result = send_claimed(claim, self.sender)  # never raises: errors are results
+                result = self.handler.send(claim)  # never raises: errors are results
         finally:
             self._send_slots.release()
         self._results.put((delivery, result))
@@ -241,10 +249,8 @@ class Consumer:
                 self._results, linger=self._send_slots.counter < self.concurrency, limit=None
             )
             try:
-                verdicts: list[Verdict] = record_batch(
-                    [result for _delivery, result in finished],
-                    sessions=self.sessions,
-                    policy=self.policy,
+                verdicts: list[Verdict] = self.handler.record(
+                    [result for _delivery, result in finished]
                 )
             except Exception as exc:
                 # Not recorded: the message comes back after the delay, by when the send lease
@@ -341,7 +347,10 @@ class Consumer:
                 log.error("the broker could not route a copy to %r", routing_key or exchange)
                 if attempt == 1:
                     declare_topology(
-                        self._publish_channel, self.policy.delays_ms, queue_type=self.queue_type
+                        self._publish_channel,
+                        self.policy.delays_ms,
+                        queue_type=self.queue_type,
+                        webhooks=self.webhooks,
                     )
             except pika.exceptions.NackError:
                 log.error("the broker refused a copy for %r", routing_key or exchange)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +50,7 @@ class Park:
 
 
 Verdict = Ack | Retry | Park
+VERDICTS = (Ack, Retry, Park)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,16 @@ def send_claimed(claim: Claim, sender: Sender[Any]) -> SendResult:
     return SendResult(claim, None)
 
 
+def verdict_after_failure(error: SendError, attempts: int, policy: RetryPolicy) -> Retry | Park:
+    """What follows a failed send, `attempts` tries in: park it, or retry after a backoff."""
+    if isinstance(error, PermanentSendError):
+        return Park(f"permanent failure: {error}")
+    if attempts >= policy.max_attempts:
+        return Park(f"gave up after {attempts} attempts: {error}")
+    wait_ms = error.retry_after_ms if isinstance(error, TransientSendError) else 0
+    return Retry(policy.delay_after(attempts, at_least_ms=wait_ms), str(error))
+
+
 def record_batch(
     results: Sequence[SendResult], *, sessions: sessionmaker[Session], policy: RetryPolicy
 ) -> list[Verdict]:
@@ -170,23 +181,17 @@ def record_batch(
     failures: list[Failure] = []
     for result in results:
         notification_id = result.claim.job.notification_id
+        kind = result.claim.job.kind
         token = result.claim.lease_token
         error = result.error
         if error is None:
             sent.append(Sent(notification_id, token, job_to_dict(scrub_job(result.claim.job))))
             verdicts.append(Ack("sent"))
             continue
-        attempts = result.claim.attempts + 1
-        if isinstance(error, PermanentSendError):
-            failures.append(Failure(notification_id, str(error), "failed", token))
-            verdicts.append(Park(f"permanent failure: {error}"))
-        elif attempts >= policy.max_attempts:
-            failures.append(Failure(notification_id, str(error), "failed", token))
-            verdicts.append(Park(f"gave up after {attempts} attempts: {error}"))
-        else:
-            failures.append(Failure(notification_id, str(error), "queued", token))
-            wait_ms = error.retry_after_ms if isinstance(error, TransientSendError) else 0
-            verdicts.append(Retry(policy.delay_after(attempts, at_least_ms=wait_ms), str(error)))
+        verdict = verdict_after_failure(error, result.claim.attempts + 1, policy)
+        status = "queued" if isinstance(verdict, Retry) else "failed"
+        failures.append(Failure(notification_id, str(error), status, token, kind))
+        verdicts.append(verdict)
     with session_scope(sessions) as session:
         record_sends(session, sent, failures)
     return verdicts
@@ -205,3 +210,41 @@ def handle_message(
     if not isinstance(decided, Claim):
         return decided
     return record_batch([send_claimed(decided, sender)], sessions=sessions, policy=policy)[0]
+
+
+class Handler(Protocol):
+    """What the consume loop (services/consumer.py) does with a queue's messages, in its three
+    steps: claim a batch (one transaction), send each claim (concurrently, never raising: an
+    error is a result), record a batch of results (one transaction). A claim is anything that
+    is not a Verdict; the loop only carries claims from one step to the next."""
+
+    def claim(self, bodies: Sequence[bytes]) -> list[Any]: ...
+
+    def send(self, claim: Any) -> Any: ...
+
+    def record(self, results: Sequence[Any]) -> list[Verdict]: ...
+
+
+class NotificationHandler:
+    """Email and SMS jobs: the notification ledger and a channel's sender."""
+
+    def __init__(
+        self,
+        channel: str,
+        sender: Sender[Any],
+        sessions: sessionmaker[Session],
+        policy: RetryPolicy,
+    ) -> None:
+        self.channel = channel
+        self.sender = sender
+        self.sessions = sessions
+        self.policy = policy
+
+    def claim(self, bodies: Sequence[bytes]) -> list[Claim | Verdict]:
+        return claim_batch(bodies, channel=self.channel, sessions=self.sessions, policy=self.policy)
+
+    def send(self, claim: Claim) -> SendResult:
+        return send_claimed(claim, self.sender)
+
+    def record(self, results: Sequence[SendResult]) -> list[Verdict]:
+        return record_batch(results, sessions=self.sessions, policy=self.policy)

@@ -28,6 +28,12 @@ RELAYED = Counter(
     "Pending notifications the outbox relay published.",
     registry=REGISTRY,
 )
+EVENTS_PUBLISHED = Counter(
+    "offload_events_published_total",
+    "Domain events the relay published to offload.events, by whether any queue was bound.",
+    ["routed"],
+    registry=REGISTRY,
+)
 SWEPT = Counter(
     "offload_relay_swept_total",
     "Notifications left queued past RELAY_SWEEP_AFTER_SECONDS that the relay published again.",

@@ -4,6 +4,10 @@ A job is parked when it failed permanently, ran out of attempts, or could not be
 headers say why (`x-offload-reason`). Replaying moves it back onto the jobs exchange (after the
 cause is fixed: the SMTP server is back, the address corrected); the consumer's ledger check
 still makes sure nothing already sent goes out again.
+
+The webhook endpoints' parked events (WEBHOOK_URLS; `--channel webhook.<hash>`, or all) are
+listed, replayed and purged the same way; a replayed event goes straight back to its
+endpoint's queue, not through offload.events (which would reach every subscriber again).
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ from typing import Any
 import pika
 
 from app.config import load_settings_or_exit
-from app.jobs import CHANNELS, JOBS_EXCHANGE, EmailJob, MalformedJob, decode_job, parked_queue
+from app.events import MalformedEvent, decode_event
+from app.jobs import (
+    CHANNELS,
+    JOBS_EXCHANGE,
+    EmailJob,
+    MalformedJob,
+    decode_job,
+    parked_queue,
+    webhook_name,
+    work_queue,
+)
 from app.logs import mask_email, mask_phone
 from app.topology import connection_parameters, declare_topology
 
@@ -35,6 +49,12 @@ class ParkedJob:
 
 
 def _recipient(body: bytes) -> str:
+    if body.startswith(b'{"v":1,"id"'):  # an event (app.events.encode_event), not a job
+        try:
+            event = decode_event(body)
+        except MalformedEvent:
+            return "(unreadable event)"
+        return f"{event['type']} (event {event['id']})"
     try:
         job = decode_job(body)
     except MalformedJob:
@@ -93,9 +113,10 @@ def replay_parked(
             for k, v in (properties.headers or {}).items()
             if not k.startswith("x-offload-") and k != "x-death"
         }
+        webhook = name not in CHANNELS
         channel.basic_publish(
-            JOBS_EXCHANGE,
-            routing_key=name,
+            "" if webhook else JOBS_EXCHANGE,
+            routing_key=work_queue(name) if webhook else name,
             body=body,
             properties=pika.BasicProperties(
                 content_type=properties.content_type,
@@ -120,15 +141,23 @@ def purge_parked(channel: pika.adapters.blocking_connection.BlockingChannel, nam
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Inspect, replay or purge parked jobs.")
     parser.add_argument("action", choices=["list", "replay", "purge"])
-    parser.add_argument("--channel", choices=[*CHANNELS, "all"], default="all")
+    parser.add_argument(
+        "--channel", default="all", help="email, sms, a webhook endpoint (webhook.<hash>), or all"
+    )
     parser.add_argument("--limit", type=int, default=100, help="at most this many jobs")
     args = parser.parse_args(argv)
     settings = load_settings_or_exit()
-    names = CHANNELS if args.channel == "all" else (args.channel,)
+    webhooks = [webhook_name(url) for url in settings.webhook_urls]
+    known = (*CHANNELS, *webhooks)
+    if args.channel != "all" and args.channel not in known:
+        parser.error(f"--channel must be one of: {', '.join(known)}, all")
+    names = known if args.channel == "all" else (args.channel,)
     connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, name="parked"))
     try:
         channel = connection.channel()
-        declare_topology(channel, settings.retry_delays_ms, queue_type=settings.queue_type)
+        declare_topology(
+            channel, settings.retry_delays_ms, queue_type=settings.queue_type, webhooks=webhooks
+        )
         for name in names:
             if args.action == "list":
                 print_parked(name, list_parked(channel, name, args.limit))

@@ -6,6 +6,13 @@ relay claims pending rows older than a grace period, publishes them with confirm
 queued. Its sweeper republishes rows left `queued` for longer than RELAY_SWEEP_AFTER_SECONDS,
 whose message the broker lost (see `claim_stuck`).
 
+It is also the only publisher of domain events (app/events.py): the request path writes them
+and leaves them, so they cost the request one INSERT and no broker round trip. The relay claims
+pending events (no grace period: nobody else publishes them), publishes the batch to
+`offload.events` with its confirms in flight together, and marks them published. A batch that
+fails is released at once and tried again on the next round, so events written while the
+broker is down go out when it is back.
+
 Several relays may run at once. A claim is a lease written in one UPDATE: on PostgreSQL the
 candidate rows are picked with `FOR UPDATE SKIP LOCKED`, on SQLite the single writer serializes
 the UPDATEs; either way a row has one owner until its lease runs out, so in the normal case
@@ -25,11 +32,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import database_now, session_scope
+from app.events import EventMessage, encode_event
 from app.jobs import job_from_dict
 from app.ledger import mark_queued, send_lease_free
 from app.messaging import Publisher, PublishError
-from app.models import Notification
-from services.metrics import RELAYED, SWEPT
+from app.models import Event, Notification
+from services.metrics import EVENTS_PUBLISHED, RELAYED, SWEPT
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +223,84 @@ def relay_once(
         return len(queued)
 
 
+def claim_events(
+    session: Session, *, relay_id: str, batch_size: int, lease_seconds: float
+) -> list[Event]:
+    """Lease up to `batch_size` pending events, oldest first, to this relay.
+
+    A relay may take back its own leased rows (a batch it could not publish), never another's
+    until their lease ran out.
+    """
+    claimable = (
+        Event.claimed_until.is_(None)
+        | (Event.claimed_until < database_now())
+        | (Event.claimed_by == relay_id)
+    )
+    candidates = (
+        select(Event.id)
+        .where(Event.status == "pending", claimable)
+        .order_by(Event.created_at)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    session.execute(
+        update(Event)
+        .where(Event.id.in_(candidates.scalar_subquery()), claimable)
+        .values(claimed_by=relay_id, claimed_until=database_now(lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return list(
+        session.scalars(
+            select(Event)
+            .where(
+                Event.claimed_by == relay_id,
+                Event.status == "pending",
+                Event.claimed_until > database_now(),
+            )
+            .order_by(Event.created_at)
+        )
+    )
+
+
+def publish_events_once(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    *,
+    relay_id: str,
+    batch_size: int,
+    publish_timeout: float,
+) -> int:
+    """Publish one batch of pending events; return how many were published."""
+    with session_scope(sessions) as session:
+        claimed = claim_events(
+            session,
+            relay_id=relay_id,
+            batch_size=batch_size,
+            # One wait covers the whole batch (its confirms are pipelined).
+            lease_seconds=publish_timeout + LEASE_MARGIN_SECONDS,
+        )
+        if not claimed:
+            return 0
+        messages = [EventMessage(e.id, e.type, encode_event(e.body)) for e in claimed]
+        try:
+            unrouted = publisher.publish_events(messages, timeout=publish_timeout)
+        except PublishError as exc:
+            log.warning("relay: publishing %d events failed, will try again: %s", len(claimed), exc)
+            return 0
+        session.execute(
+            update(Event)
+            .where(Event.id.in_([e.id for e in claimed]), Event.status == "pending")
+            .values(status="published", published_at=database_now(), claimed_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        EVENTS_PUBLISHED.labels("no").inc(unrouted)
+        EVENTS_PUBLISHED.labels("yes").inc(len(claimed) - unrouted)
+        log.info("relay: published %d events", len(claimed))
+        return len(claimed)
+
+
 class Relay:
     def __init__(
         self,
@@ -255,6 +341,18 @@ class Relay:
             except Exception:
                 log.exception("relay: batch failed")
                 count = 0
+            try:
+                events = publish_events_once(
+                    self.sessions,
+                    self.publisher,
+                    relay_id=self.relay_id,
+                    batch_size=self.batch_size,
+                    publish_timeout=self.publish_timeout,
+                )
+            except Exception:
+                log.exception("relay: event batch failed")
+                events = 0
+            count = max(count, events)
             if time.monotonic() >= self._next_sweep:
                 self._sweep()
             # A full batch means more may be waiting: go again at once.

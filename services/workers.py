@@ -1,5 +1,5 @@
-"""Process entry points for the workers: `python -m services.workers email|sms|relay`, or the
-console scripts `offload-email`, `offload-sms`, `offload-relay`.
+"""Process entry points for the workers: `python -m services.workers email|sms|relay|webhooks`,
+or the console scripts `offload-email`, `offload-sms`, `offload-relay`, `offload-webhooks`.
 
 gevent patches first, before anything imports socket or threading, so smtplib, requests and
 pika all yield to the hub and one process runs `--concurrency` sends at once.
@@ -13,9 +13,13 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from app.config import Settings, load_settings_or_exit  # noqa: E402
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+
+from app.config import Settings, load_settings_or_exit, webhook_secret_bytes  # noqa: E402
 from app.db import make_engine, make_session_factory  # noqa: E402
 from app.hubwatch import freeze_startup_heap  # noqa: E402
+from app.jobs import webhook_name  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 from app.messaging import PikaPublisher  # noqa: E402
 from app.shutdown import on_stop_signals  # noqa: E402
@@ -25,6 +29,7 @@ from services.handlers import RetryPolicy  # noqa: E402
 from services.metrics import serve_metrics  # noqa: E402
 from services.relay import Relay  # noqa: E402
 from services.sms import HttpSmsSender  # noqa: E402
+from services.webhooks import WebhookHandler  # noqa: E402
 
 log = logging.getLogger("offload.worker")
 
@@ -70,6 +75,9 @@ def run_relay(settings: Settings) -> int:
             retry_delays_ms=settings.retry_delays_ms,
             queue_type=settings.queue_type,
             name="offload-relay",
+            # Declared before the first event goes out, so no endpoint misses one because its
+            # worker had not connected yet.
+            webhooks=[webhook_name(url) for url in settings.webhook_urls],
         ),
         interval=settings.relay_interval,
         batch_size=settings.relay_batch_size,
@@ -84,18 +92,79 @@ def run_relay(settings: Settings) -> int:
     return 0
 
 
+def run_webhooks(settings: Settings, concurrency: int, prefetch: int) -> int:
+    """One consumer per WEBHOOK_URLS endpoint, each on its own queue and connection, in this
+    one process (greenlets); with no endpoint, idle until stopped (a Procfile runner stops
+    every process when one exits)."""
+    sessions = make_session_factory(
+        make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+    )
+    policy = RetryPolicy(
+        settings.max_attempts, settings.retry_delays_ms, settings.send_lease_seconds
+    )
+    names = [webhook_name(url) for url in settings.webhook_urls]
+    consumers = [
+        Consumer(
+            channel=name,
+            amqp_url=settings.amqp_url,
+            handler=WebhookHandler(
+                name=name,
+                url=url,
+                key=webhook_secret_bytes(settings.webhook_secret),
+                sessions=sessions,
+                policy=policy,
+                max_connections=concurrency,
+            ),
+            sessions=sessions,
+            policy=policy,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            queue_type=settings.queue_type,
+            webhooks=names,
+        )
+        for name, url in zip(names, settings.webhook_urls, strict=True)
+    ]
+    stopped = gevent.event.Event()
+
+    def stop() -> None:
+        for consumer in consumers:
+            consumer.request_stop()
+        stopped.set()
+
+    on_stop_signals(stop, left_behind="the broker requeues unacked events")
+    print(
+        f"offload webhooks worker started ({len(consumers)} endpoints: {', '.join(names)})"
+        if consumers
+        else "offload webhooks worker started (WEBHOOK_URLS is empty: idle)",
+        flush=True,
+    )
+    freeze_startup_heap()
+    if not consumers:
+        stopped.wait()
+        return 0
+    gevent.joinall([gevent.spawn(consumer.run) for consumer in consumers])
+    log.info("webhooks worker stopped")
+    return 0
+
+
+WORKERS = ["email", "sms", "relay", "webhooks"]
+
+
 def main(argv: list[str] | None = None, *, worker: str | None = None) -> int:
-    """`python -m services.workers email|sms|relay`; the console scripts fix `worker`."""
+    """`python -m services.workers email|sms|relay|webhooks`; the console scripts fix `worker`."""
     descriptions = {
         None: "Run an Offload worker process.",
         "email": "Consume email jobs and send them over SMTP.",
         "sms": "Consume SMS jobs and send them through the HTTP gateway.",
         "relay": "Publish the outbox rows that the web process could not publish.",
+        "webhooks": "POST the user events to the WEBHOOK_URLS endpoints, signed.",
     }
     parser = argparse.ArgumentParser(description=descriptions[worker])
     if worker is None:
         parser.add_argument(
-            "worker", choices=["email", "sms", "relay"], help="a job type to consume, or the relay"
+            "worker",
+            choices=WORKERS,
+            help="a job type to consume, the relay, or the webhooks",
         )
     if worker != "relay":
         parser.add_argument("--concurrency", type=int, help="sends at once (CONSUMER_CONCURRENCY)")
@@ -107,6 +176,12 @@ def main(argv: list[str] | None = None, *, worker: str | None = None) -> int:
     serve_metrics(settings.host, settings.metrics_port)
     if worker == "relay":
         return run_relay(settings)
+    if worker == "webhooks":
+        return run_webhooks(
+            settings,
+            args.concurrency or settings.consumer_concurrency,
+            args.prefetch or settings.consumer_prefetch,
+        )
     return run_consumer(
         settings,
         worker,
@@ -128,6 +203,11 @@ def sms_main() -> int:
 def relay_main() -> int:
     """The `offload-relay` console script."""
     return main(worker="relay")
+
+
+def webhooks_main() -> int:
+    """The `offload-webhooks` console script."""
+    return main(worker="webhooks")
 
 
 if __name__ == "__main__":

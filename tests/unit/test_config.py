@@ -11,6 +11,7 @@ from app.config import _VARIABLES, DEFAULT_SECRET_KEY, ConfigError, Settings, lo
 # never the default, so a variable that is not read, or lands in another field, fails its row.
 # The bad sample is None where load_settings accepts any text: free-form strings, and the rate
 # limits, which create_app parses and refuses (tests/functional/test_rate_limits.py).
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 VARIABLES = [
     ("OFFLOAD_ENV", "environment", "staging", "staging", None),
     (
@@ -75,13 +76,24 @@ VARIABLES = [
     ("RATE_LIMIT_REGISTRATIONS", "rate_limit_registrations", "3/minute", "3/minute", None),
     ("RATE_LIMIT_VERIFICATIONS", "rate_limit_verifications", "5/second", "5/second", None),
     ("RATE_LIMIT_TRUSTED_PROXIES", "rate_limit_trusted_proxies", "2", 2, "one"),
+    (
+        "WEBHOOK_URLS",
+        "webhook_urls",
+        "https://hooks.example/a, http://10.0.0.9/b",
+        ("https://hooks.example/a", "http://10.0.0.9/b"),
+        "ftp://hooks.example/a",
+    ),
+    ("WEBHOOK_SECRET", "webhook_secret", WEBHOOK_SECRET, WEBHOOK_SECRET, "whsec_not base64!"),
 ]
 ROWS = {row[0]: row for row in VARIABLES}
 # Every row is read on top of this: a key long enough for any BASE_URL (the default key is
 # refused away from loopback), so each row changes only what it names.
 BASE = {"SECRET_KEY": "a-test-secret-of-32-bytes-or-more"}
 # Variables that are refused on their own, and what they need beside them.
-CONTEXT = {"SMTP_USERNAME": ({"SMTP_STARTTLS": "on"}, {"smtp_starttls"})}
+CONTEXT = {
+    "SMTP_USERNAME": ({"SMTP_STARTTLS": "on"}, {"smtp_starttls"}),
+    "WEBHOOK_URLS": ({"WEBHOOK_SECRET": WEBHOOK_SECRET}, {"webhook_secret"}),
+}
 DEFAULTS = Settings()
 
 
@@ -159,3 +171,8 @@ def test_production_accepts_a_real_secret():
     settings = load_settings({"OFFLOAD_ENV": "production", "SECRET_KEY": secret})
     assert settings.environment == "production"
     assert settings.secret_key == secret
+
+
+def test_webhook_urls_need_a_secret():
+    with pytest.raises(ConfigError, match=names("WEBHOOK_SECRET")):
+        load_settings({**BASE, "WEBHOOK_URLS": "https://hooks.example/a"})

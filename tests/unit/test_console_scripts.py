@@ -24,6 +24,7 @@ OPERATOR_SCRIPTS = {
     "offload-email": "services.workers:email_main",
     "offload-sms": "services.workers:sms_main",
     "offload-relay": "services.workers:relay_main",
+    "offload-webhooks": "services.workers:webhooks_main",
     "offload-parked": "services.parked:main",
 }
 # Arguments a script needs before it reads the settings.
