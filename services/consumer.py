@@ -245,7 +245,7 @@ class Consumer:
     def _record_loop(self) -> None:
         """Record every finished send in one transaction, then hand the verdicts over."""
         while True:
-            finished: list[tuple[Delivery, SendResult]] = _take_batch(
+            finished: list[tuple[Delivery, Any]] = _take_batch(
                 self._results, linger=self._send_slots.counter < self.concurrency, limit=None
             )
             try:
