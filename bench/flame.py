@@ -4,8 +4,9 @@
 
 The stack starts as for a run (`python wsgi.py`, consumers, relay, sinks at --delay-ms), one
 unrecorded queued slice warms it, then queued load runs at the highest --concurrency level while
-py-spy samples both processes for --flame-duration seconds. Only samples where the process was
-on a CPU are kept (py-spy without --idle), so the width of a frame is its share of CPU time.
+py-spy samples both processes for --flame-duration seconds. Only samples of the thread holding
+the GIL are kept (py-spy --gil, without --idle), so the width of a frame is its share of the
+process's Python CPU time.
 
 py-spy is not a dependency of the project: `.venv/bin/pip install py-spy`. It reads the other
 processes' memory with ptrace, so it needs root or CAP_SYS_PTRACE (or ptrace_scope 0).
@@ -95,6 +96,9 @@ def start_recorder(
                 str(max(int(duration), 1)),
                 "--rate",
                 str(SAMPLES_PER_SECOND),
+                # Only the thread holding the GIL: gevent's monitor thread (asleep) and the hub
+                # waiting in epoll would otherwise show as wide towers of no work.
+                "--gil",
                 "--format",
                 "flamegraph",
                 "--output",
