@@ -8,13 +8,66 @@ the schemas, and Schemathesis fuzzes the app against it.
 
 from __future__ import annotations
 
+import sys
+from functools import cache
 from typing import Any
 
+from app.accounts import CODE_MAX_LENGTH
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
 from app.models import CHANNELS, NOTIFICATION_STATUSES
+from app.registration import NAME_MAX_LENGTH
 from app.verification import SMS_CODE_DIGITS
 
 JSON = "application/json"
+
+
+# The custom string format of a phone number as typed; tests/contract_hooks.py generates it.
+PHONE_FORMAT = "phone"
+# What the server hands out: 256 random bits, URL-safe base64 without padding.
+STATUS_TOKEN_PATTERN = "^[A-Za-z0-9_-]{43}$"  # noqa: S105 - a shape, not a secret
+HEX_ID_PATTERN = "^[0-9a-f]{32}$"
+E164_PATTERN = "^\\+[1-9][0-9]{1,16}$"
+# What email_validator refuses beyond the `email` format (RFC 5321): a quoted local part, an
+# address literal, a domain without a period or not ending in a letter (every TLD does), and
+# the special-use domains (its SPECIAL_USE_DOMAIN_NAMES, in any case).
+EMAIL_PATTERN = '^[^"@]+@[^@\\[]+\\.[^@.]*[A-Za-z]$'
+SPECIAL_USE_DOMAINS = ("arpa", "invalid", "local", "localhost", "onion", "test")
+SPECIAL_USE_PATTERN = (
+    "(?:^|[.@])(?:"
+    + "|".join("".join(f"[{c.upper()}{c}]" for c in name) for name in SPECIAL_USE_DOMAINS)
+    + ")$"
+)
+# Spaces, tabs and hyphens between the digits are ignored (app.accounts.normalize_code).
+SMS_CODE_PATTERN = f"^[ \\t-]*(?:[0-9][ \\t-]*){{{SMS_CODE_DIGITS}}}$"
+
+
+def _char_class(keep: Any) -> str:
+    """A regex class of every code point `keep` accepts, as literal characters (the one
+    spelling ECMA 262 and Python's re both read the same way, astral planes included)."""
+    ranges: list[tuple[int, int]] = []
+    for point in range(sys.maxunicode + 1):
+        if keep(chr(point)):
+            if ranges and ranges[-1][1] == point - 1:
+                ranges[-1] = (ranges[-1][0], point)
+            else:
+                ranges.append((point, point))
+
+    def char(point: int) -> str:
+        text = chr(point)
+        return "\\" + text if text in "\\]^-[" else text
+
+    return "[" + "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges) + "]"
+
+
+@cache
+def name_pattern() -> str:
+    """Exactly the names validate_registration accepts: surrounding whitespace (str.strip) is
+    trimmed, and what is left is 1 to NAME_MAX_LENGTH characters, each str.isprintable(). Built
+    from this interpreter's Unicode tables, the same ones the validation uses."""
+    space = _char_class(str.isspace)
+    edge = _char_class(lambda c: c.isprintable() and not c.isspace())
+    inner = _char_class(str.isprintable)
+    return f"^{space}*{edge}(?:{inner}{{0,{NAME_MAX_LENGTH - 2}}}{edge})?{space}*$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -67,6 +120,15 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "description": "The status token returned once, when the user was created "
         "(`status_token`, and the `Location` header). The user's id opens nothing.",
         "schema": {"type": "string", "minLength": 1},
+    }
+    # The stateful walk: the token a registration returns opens each operation that takes it.
+    token_links = {
+        operation: {
+            "operationId": operation,
+            "parameters": {"token": "$response.body#/status_token"},
+            "description": f"The new user's status token opens {operation}.",
+        }
+        for operation in ("getStatus", "verifyPhone", "resend")
     }
     return {
         "openapi": "3.1.0",
@@ -124,6 +186,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
                                 },
                             },
                             "content": _json(_ref("Created")),
+                            "links": token_links,
                         },
                         **_common_errors(400, 409, 413, 415, 429, 500, 503),
                     },
@@ -195,11 +258,11 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": _schemas()},
+        "components": {"schemas": _schemas(modes)},
     }
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(modes: list[str]) -> dict[str, Any]:
     nullable_string = {"type": ["string", "null"]}
     return {
         "Error": {
@@ -220,11 +283,38 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["name", "email", "phone"],
             "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 200},
-                "email": {"type": "string", "format": "email"},
+                "name": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": name_pattern(),
+                    "description": f"1 to {NAME_MAX_LENGTH} printable characters once the "
+                    "whitespace around them is trimmed: no control, format, private-use or "
+                    "unassigned characters, and no separator but the space (Python's "
+                    "str.isprintable, which the pattern spells out).",
+                    "example": "Ada Lovelace",
+                },
+                "email": {
+                    "type": "string",
+                    "format": "email",
+                    "maxLength": 254,
+                    "pattern": EMAIL_PATTERN,
+                    "not": {"pattern": SPECIAL_USE_PATTERN},
+                    "description": "An address by RFC 5321, unquoted, at a domain with a "
+                    "period and a top-level domain ending in a letter, not a special-use one "
+                    f"({', '.join(SPECIAL_USE_DOMAINS)}); no DNS look-up. Stored normalized "
+                    "(the domain lower-cased). Whitespace around it is trimmed.",
+                    "example": "ada@example.com",
+                },
                 "phone": {
                     "type": "string",
-                    "description": "A mobile number, best with its +country code; stored as E.164.",
+                    "format": PHONE_FORMAT,
+                    "minLength": 1,
+                    "description": "A mobile number as a person types it: best with its "
+                    "+country code (`+44 7911 123456`); without one it is read as a US number. "
+                    "Spaces, dots, hyphens and brackets are allowed. `phone` format: a number "
+                    "the numbering plan of its country allows (libphonenumber's is_valid_number);"
+                    " stored as E.164. The operator may limit the countries (400 otherwise).",
+                    "example": "+44 7911 123456",
                 },
             },
         },
@@ -235,9 +325,11 @@ def _schemas() -> dict[str, Any]:
                 "code": {
                     "type": "string",
                     "minLength": SMS_CODE_DIGITS,
-                    "maxLength": 20,
-                    "description": f"The {SMS_CODE_DIGITS}-digit code; spaces and hyphens "
-                    "are ignored.",
+                    "maxLength": CODE_MAX_LENGTH,
+                    "pattern": SMS_CODE_PATTERN,
+                    "description": f"The {SMS_CODE_DIGITS}-digit code (ASCII digits); spaces, "
+                    "tabs and hyphens between them are ignored. A well-formed code that is not "
+                    "the one sent is refused with 400 (`wrong_code`) and spends an attempt.",
                     "example": "123456",
                 }
             },
@@ -247,7 +339,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["id", "channel", "status", "attempts", "last_error", "sent_at"],
             "additionalProperties": False,
             "properties": {
-                "id": {"type": "string"},
+                "id": {"type": "string", "pattern": HEX_ID_PATTERN},
                 "channel": {"type": "string", "enum": list(CHANNELS)},
                 "status": {
                     "type": "string",
@@ -281,10 +373,10 @@ def _schemas() -> dict[str, Any]:
             ],
             "additionalProperties": False,
             "properties": {
-                "id": {"type": "string"},
-                "name": {"type": "string"},
-                "email": {"type": "string"},
-                "phone": {"type": "string", "description": "E.164."},
+                "id": {"type": "string", "pattern": HEX_ID_PATTERN},
+                "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
+                "email": {"type": "string", "format": "email"},
+                "phone": {"type": "string", "pattern": E164_PATTERN, "description": "E.164."},
                 "verified": {"type": "boolean", "description": "Both email and phone."},
                 "email_verified": {"type": "boolean"},
                 "phone_verified": {"type": "boolean"},
@@ -313,9 +405,10 @@ def _schemas() -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "user": _ref("User"),
-                "mode": {"type": "string"},
+                "mode": {"type": "string", "enum": modes},
                 "status_token": {
                     "type": "string",
+                    "pattern": STATUS_TOKEN_PATTERN,
                     "description": "Opens GET /api/status/{token}; shown this once only.",
                 },
             },

@@ -239,3 +239,97 @@ def test_every_response_matches_the_document_and_every_status_happens(
     conform.check(one, "get", unreachable.get(f"/api/status/{ada['token']}", status=503))
 
     assert conform.unexercised() == {}
+
+
+# -- the document is as strict as the validation: what one refuses, the other does -------------
+
+VALID = {"email": "ada@example.com", "name": "Ada Lovelace", "phone": "+44 7911 123456"}
+REGISTRATIONS = [
+    VALID,
+    {**VALID, "phone": ""},  # valid by the first document, refused by the code
+    {"email": "0@0.com", "name": "0", "phone": ""},
+    {**VALID, "name": ""},
+    {**VALID, "name": "   "},
+    {**VALID, "name": "  Ada  "},
+    {**VALID, "name": "x" * 200},
+    {**VALID, "name": "x" * 201},
+    {**VALID, "name": " " + "x" * 200 + "\t"},
+    {**VALID, "name": "Ada\u200bLovelace"},  # zero-width space: a format character
+    {**VALID, "name": "Ada\u00a0Lovelace"},  # no-break space inside: not printable
+    {**VALID, "name": "\u00a0Ada"},  # ... but whitespace at the edge is trimmed
+    {**VALID, "name": "Ada\tLovelace"},
+    {**VALID, "name": "Ada\U0001f600"},
+    {**VALID, "name": "Ada\ue000"},  # private use
+    {**VALID, "email": ""},
+    {**VALID, "email": "ada@localhost"},
+    {**VALID, "email": "ada@example.test"},
+    {**VALID, "email": "ada@v.6drp.TEST"},
+    {**VALID, "email": "ada@x.arpa"},
+    {**VALID, "email": "ada@example.123"},
+    {**VALID, "email": '"ada lovelace"@example.com'},
+    {**VALID, "email": "ada@[192.0.2.1]"},
+    {**VALID, "email": "ada..lovelace@example.com"},
+    {**VALID, "email": "Ada@Example.COM"},
+    {**VALID, "name": 7},
+]
+
+
+def _validator(document: dict[str, Any], name: str) -> jsonschema_rs.Validator:
+    schema = {"components": document["components"], **document["components"]["schemas"][name]}
+    return jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+
+
+@pytest.mark.parametrize("body", REGISTRATIONS, ids=lambda body: repr(body)[:60])
+def test_the_user_schema_refuses_what_the_validation_refuses(document, body):
+    from app.registration import InvalidRegistration, validate_registration
+
+    try:
+        validate_registration(body)
+        accepted = True
+    except InvalidRegistration:
+        accepted = False
+    assert _validator(document, "NewUser").is_valid(body) == accepted
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "123456",
+        "123 456",
+        "123-456",
+        " 1 2 3 4 5 6 ",
+        "\t123456",
+        "12345",
+        "1234567",
+        "12345a",
+        "\uff11\uff12\uff13\uff14\uff15\uff16",  # full-width digits
+        "123456\n",
+        "1-2-3-4-5-6-------",
+        "1-2-3-4-5-6--------",
+        "",
+        "²23456",
+    ],
+)
+def test_the_code_schema_refuses_what_the_validation_refuses(document, code):
+    from app.accounts import InvalidCode, normalize_code
+
+    try:
+        normalize_code(code)
+        accepted = True
+    except InvalidCode:
+        accepted = False
+    assert _validator(document, "PhoneCode").is_valid({"code": code}) == accepted
+
+
+def test_the_registration_links_its_token_to_every_operation_that_takes_it(document):
+    created = document["paths"]["/api/users"]["post"]["responses"]["201"]
+    takers = {
+        operation["operationId"]
+        for item in document["paths"].values()
+        for operation in item.values()
+        if any(p["name"] == "token" for p in operation.get("parameters", []))
+    }
+    assert takers == {"getStatus", "verifyPhone", "resend"}
+    assert {link["operationId"] for link in created["links"].values()} == takers
+    for link in created["links"].values():
+        assert link["parameters"] == {"token": "$response.body#/status_token"}
