@@ -18,7 +18,7 @@ import pika
 
 from app.config import load_settings_or_exit
 from app.jobs import CHANNELS, JOBS_EXCHANGE, parked_queue
-from app.topology import connection_parameters, declare_topology
+from app.topology import cluster_parameters, declare_topology
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings_or_exit()
     names = CHANNELS if args.channel == "all" else (args.channel,)
-    connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, name="parked"))
+    connection = pika.BlockingConnection(cluster_parameters(settings.amqp_url, name="parked"))
     try:
         channel = connection.channel()
         declare_topology(channel, settings.retry_delays_ms, queue_type=settings.queue_type)
