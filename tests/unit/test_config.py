@@ -66,6 +66,9 @@ VARIABLES = [
     ("RATE_LIMIT_REGISTRATIONS", "rate_limit_registrations", "3/minute", "3/minute", None),
     ("RATE_LIMIT_VERIFICATIONS", "rate_limit_verifications", "5/second", "5/second", None),
     ("RATE_LIMIT_TRUSTED_PROXIES", "rate_limit_trusted_proxies", "2", 2, "one"),
+    ("CLUSTER_TLS_PORT", "cluster_tls_port", "9443", 9443, "https"),
+    ("OPS_TOKEN", "ops_token", "an-operator-token", "an-operator-token", None),
+    ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "/run/m", "/run/m", None),
 ]
 ROWS = {row[0]: row for row in VARIABLES}
 # Every row is read on top of this: a key long enough for any BASE_URL (the default key is
