@@ -47,6 +47,10 @@ class Publisher(Protocol):
     def warm_up(self) -> None:
         """Start connecting now, so the first request does not pay for it (never raises)."""
 
+    def check(self, *, timeout: float) -> None:
+        """Return once a channel to the broker is open; raise PublishError if none within
+        `timeout` (readiness)."""
+
     def close(self) -> None: ...
 
 
@@ -116,6 +120,10 @@ class PikaPublisher:
                 log.warning("publisher warm-up: %s (requests will retry)", exc)
 
         gevent.spawn(connect)
+
+    def check(self, *, timeout: float) -> None:
+        with gevent.Timeout(timeout, PublishTimeout(f"no channel within {timeout:.3f}s")):
+            self._ready_channel()
 
     def publish(self, jobs: Sequence[Job], *, timeout: float) -> None:
         with gevent.Timeout(timeout, PublishTimeout(f"no confirm within {timeout:.3f}s")):
@@ -292,6 +300,10 @@ class InMemoryPublisher:
 
     def warm_up(self) -> None:
         pass
+
+    def check(self, *, timeout: float) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
 
     def close(self) -> None:
         pass

@@ -465,7 +465,7 @@ class Cluster:
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
-        running = [node for node in self.nodes if node.pid() is not None]
+        running = [node for node in self.nodes if self.node_alive(node)]
         if running:
             with ThreadPoolExecutor(len(running)) as pool:
                 list(pool.map(RabbitNode.stop, running))
@@ -482,18 +482,34 @@ class Cluster:
 
     # -- what the fault tests and the soak need ----------------------------------------------
 
-    def running_nodes(self) -> list[RabbitNode]:
-        return [node for node in self.nodes if node.pid() is not None and node.is_running()]
-
     def leader_of(self, queue: str) -> RabbitNode:
         """The node that leads the quorum queue `queue` now."""
-        for node in self.running_nodes():
-            result = node.ctl("list_queues", "name", "leader", "--no-table-headers", "--quiet")
+        for node in self.nodes:
+            if not self.node_alive(node):
+                continue  # killed or stopped by us
+            try:
+                result = node.ctl(
+                    "list_queues", "name", "leader", "--no-table-headers", "--quiet", timeout=60
+                )
+            except subprocess.TimeoutExpired:
+                continue
             for line in result.stdout.splitlines():
                 parts = line.split()
                 if len(parts) == 2 and parts[0] == queue:
                     return self.node_named(parts[1])
         raise ClusterError(f"no running node knows the leader of {queue}")
+
+    @staticmethod
+    def node_alive(node: RabbitNode) -> bool:
+        """Whether the node's Erlang VM runs (stopped, killed or never started: False)."""
+        pid = node.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     def node_named(self, nodename: str) -> RabbitNode:
         return next(node for node in self.nodes if node.nodename == nodename)
