@@ -128,9 +128,10 @@ def register_dispatcher(
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import api, compare, health, web
+    from app import api, compare, health, ops, web
     from app.security import csrf
 
+    app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(health.bp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pika
 
 from app.config import load_settings_or_exit
-from app.jobs import CHANNELS, JOBS_EXCHANGE, parked_queue
+from app.jobs import CHANNELS, JOBS_EXCHANGE, parked_queue, retry_queue, work_queue
 from app.topology import cluster_parameters, declare_topology
 
 
@@ -92,6 +93,56 @@ def replay_parked(
         channel.basic_ack(method.delivery_tag)
         moved += 1
     return moved
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    queue: str
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class BrokerSnapshot:
+    """What the operator page shows of the broker: every queue's depth, and parked jobs."""
+
+    depths: list[QueueDepth]
+    parked: list[ParkedJob]
+
+
+def queue_names(retry_delays_ms: Sequence[int]) -> list[str]:
+    names = []
+    for name in CHANNELS:
+        names += [work_queue(name), *(retry_queue(name, d) for d in retry_delays_ms)]
+        names.append(parked_queue(name))
+    return names
+
+
+def snapshot(amqp_url: str, retry_delays_ms: Sequence[int], *, limit: int) -> BrokerSnapshot:
+    """Queue depths (passive declares: nothing is created) and up to `limit` parked jobs per
+    channel, over a short-lived connection to the first node that answers."""
+    connection = pika.BlockingConnection(cluster_parameters(amqp_url, name="offload-ops"))
+    try:
+        channel = connection.channel()
+        depths = []
+        for queue in queue_names(retry_delays_ms):
+            declared = channel.queue_declare(queue, passive=True).method
+            depths.append(QueueDepth(queue, declared.message_count, declared.consumer_count))
+        parked = [job for name in CHANNELS for job in list_parked(channel, name, limit)]
+        return BrokerSnapshot(depths, parked)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def replay(amqp_url: str, name: str, limit: int) -> int:
+    """`replay_parked` over a short-lived connection (the operator page's button)."""
+    connection = pika.BlockingConnection(cluster_parameters(amqp_url, name="offload-ops"))
+    try:
+        return replay_parked(connection.channel(), name, limit)
+    finally:
+        if connection.is_open:
+            connection.close()
 
 
 def purge_parked(channel: pika.adapters.blocking_connection.BlockingChannel, name: str) -> int:

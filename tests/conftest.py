@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import webtest
@@ -158,3 +159,40 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     )
     with Stack(config) as running:
         yield running
+
+
+# -- the production shape: nginx (TLS), gunicorn, PostgreSQL, three RabbitMQ nodes -----------
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`make cluster`'s harness on free ports, shared by the cluster fault tests and the browser
+    journey through its nginx. Sinks answer after 5 ms; retries and the relay are quick so a
+    fault's redeliveries drain in seconds. Tests that break a part restore it."""
+    from devstack.broker_node import rabbitmq_installed
+    from devstack.cluster import NGINX, Cluster, ClusterConfig
+    from devstack.postgres import postgres_bin
+
+    require(rabbitmq_installed(), "RabbitMQ (apt-get install rabbitmq-server)")
+    require(postgres_bin() is not None, "PostgreSQL (apt-get install postgresql)")
+    require(os.path.exists(NGINX), "Debian's nginx (apt-get install nginx)")
+    config = ClusterConfig.on_free_ports(
+        tmp_path_factory.mktemp("cluster"),
+        sink_delay_ms=5.0,
+        rate_limits=False,
+        extra_env={
+            "RETRY_DELAYS_MS": "200,400,800",
+            "MAX_ATTEMPTS": "12",
+            "SEND_LEASE_SECONDS": "3",
+            "RELAY_GRACE_SECONDS": "2",
+            "RELAY_INTERVAL": "0.5",
+            "CONSUMER_CONCURRENCY": "8",
+            "CONSUMER_PREFETCH": "16",
+            "OPS_TOKEN": CLUSTER_OPS_TOKEN,
+        },
+    )
+    with Cluster(config) as running:
+        yield running
+
+
+CLUSTER_OPS_TOKEN = "cluster-test-operator-token"

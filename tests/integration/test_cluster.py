@@ -3,7 +3,8 @@ gevent workers, PostgreSQL, three RabbitMQ nodes with quorum queues, two consume
 two relays, all real processes started from deploy/'s files.
 
 Each fault runs during registrations through nginx, and each test counts, at the sinks, exactly
-one email and one SMS for every registration that was accepted (201).
+one email and one SMS for every registration that was accepted (201). The cluster is the
+session's (tests/conftest.py), shared with the browser test through its nginx.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from devstack.cluster import Cluster, ClusterConfig
-from tests.conftest import require
+from devstack.cluster import Cluster
 from tests.integration.helpers import assert_delivered_once, unique_user, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,35 +31,6 @@ LEADER_KILL_REGISTRATIONS = 1000
 REGISTRATIONS = 300
 CLIENTS = 16
 DRAIN_SECONDS = 120
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from devstack.broker_node import rabbitmq_installed
-    from devstack.cluster import NGINX
-    from devstack.postgres import postgres_bin
-
-    require(rabbitmq_installed(), "RabbitMQ (apt-get install rabbitmq-server)")
-    require(postgres_bin() is not None, "PostgreSQL (apt-get install postgresql)")
-    require(Path(NGINX).exists(), "Debian's nginx (apt-get install nginx)")
-    config = ClusterConfig.on_free_ports(
-        tmp_path_factory.mktemp("cluster"),
-        sink_delay_ms=5.0,
-        rate_limits=False,
-        extra_env={
-            "RETRY_DELAYS_MS": "200,400,800",
-            "MAX_ATTEMPTS": "12",
-            "SEND_LEASE_SECONDS": "3",
-            "RELAY_GRACE_SECONDS": "2",
-            "RELAY_INTERVAL": "0.5",
-            "CONSUMER_CONCURRENCY": "8",
-            "CONSUMER_PREFETCH": "16",
-            "LOG_LEVEL": "INFO",
-            "OPS_TOKEN": "cluster-test-operator-token",
-        },
-    )
-    with Cluster(config) as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -223,3 +193,59 @@ def test_readyz_checks_the_broker_and_metrics_span_the_workers(cluster: Any):
     # Each RabbitMQ node serves its own metrics (rabbitmq_prometheus), queue depths included.
     for url in cluster.scrape_urls():
         assert "rabbitmq_" in requests.get(url, timeout=10).text
+
+
+def test_ops_page_shows_live_depths_and_replays_parked_jobs(cluster):
+    import re
+    import uuid
+
+    import pika
+
+    from app.jobs import PARKED_EXCHANGE, EmailJob, encode_job, parked_queue
+    from app.topology import cluster_parameters
+    from tests.conftest import CLUSTER_OPS_TOKEN
+
+    cert = str(cluster.cert_path)
+    assert requests.get(f"{cluster.base_url}/ops", verify=cert, timeout=10).status_code == 403
+    job_id = uuid.uuid4().hex
+    connection = pika.BlockingConnection(cluster_parameters(cluster.amqp_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.basic_publish(
+        PARKED_EXCHANGE,
+        "email",
+        encode_job(EmailJob(notification_id=job_id, to="p@example.com", subject="s", text="t")),
+        pika.BasicProperties(
+            delivery_mode=2, message_id=job_id, headers={"x-offload-reason": "parked by a test"}
+        ),
+    )
+    parked_before = channel.queue_declare(parked_queue("email"), passive=True).method.message_count
+    url = f"{cluster.base_url}/ops?token={CLUSTER_OPS_TOKEN}"
+    with requests.Session() as http:
+        page = http.get(url, verify=cert, timeout=10)
+        assert page.status_code == 200
+        assert f'data-depth="offload.email.parked">{parked_before}<' in page.text
+        assert "offload.sms.retry.200" in page.text
+        assert job_id in page.text and "parked by a test" in page.text
+        assert 'data-count="email pending"' in page.text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+        replayed = http.post(
+            f"{cluster.base_url}/ops/replay",
+            data={"csrf_token": csrf, "token": CLUSTER_OPS_TOKEN, "channel": "email"},
+            headers={"Referer": url},
+            verify=cert,
+            timeout=10,
+        )
+        assert replayed.status_code == 200, replayed.text[:500]
+        assert f"Replayed {parked_before} parked email job" in replayed.text
+    # Back on the work queue, the consumer finds no such notification and parks it again,
+    # saying why.
+    wait_for(
+        lambda: (
+            job_id in requests.get(url, verify=cert, timeout=10).text
+            and "unknown notification" in requests.get(url, verify=cert, timeout=10).text
+        ),
+        timeout=30,
+        what="the replayed job to be consumed and parked again",
+    )
+    connection.close()
