@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.cluster import Cluster, ClusterConfig
+from devstack.sinks.process import SinkProcess
 
 # The soak's settings, as for the single node (bench.soak.stack_for_soak), plus the cluster's.
 SOAK_ENV = {
@@ -49,3 +52,93 @@ def inject_cluster_fault(cluster: Cluster, fault: str) -> str:
     cluster.stop_process("email-1")
     cluster.start_worker("email", 1)
     return "email consumer SIGKILL"
+
+
+@dataclass
+class ClusterBenchConfig:
+    """The part of devstack's StackConfig the bench reads."""
+
+    web_port: int
+    sink_delay_ms: float
+    consumer_concurrency: int
+    consumer_prefetch: int
+    tcp_nodelay: bool = True  # gunicorn sets TCP_NODELAY itself
+
+
+class ClusterBenchStack:
+    """`make cluster`'s shape seen through what the bench uses of devstack's Stack: the load goes
+    to gunicorn itself (plain HTTP on loopback, PostgreSQL behind it), the consumers of a channel
+    stop and start together, and every RabbitMQ node counts as the broker's CPU."""
+
+    def __init__(self, cluster: Cluster, consumer_concurrency: int) -> None:
+        self.cluster = cluster
+        self.config = ClusterBenchConfig(
+            web_port=cluster.web_port,
+            sink_delay_ms=cluster.config.sink_delay_ms,
+            consumer_concurrency=consumer_concurrency,
+            consumer_prefetch=2 * consumer_concurrency,
+        )
+        self.node = None
+        self.nodes = cluster.nodes
+
+    def __enter__(self) -> ClusterBenchStack:
+        self.cluster.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.cluster.stop()
+
+    @property
+    def sinks(self) -> dict[str, SinkProcess]:
+        return self.cluster.sinks
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.cluster.processes
+
+    @property
+    def log_dir(self) -> Path:
+        return self.cluster.log_dir
+
+    @property
+    def base_url(self) -> str:
+        return self.cluster.web_url
+
+    @property
+    def amqp_url(self) -> str:
+        return self.cluster.amqp_url
+
+    @property
+    def database_url(self) -> str:
+        return self.cluster.database_url
+
+    def _instances(self, kind: str) -> list[int]:
+        count = self.cluster.config.relays if kind == "relay" else self.cluster.config.consumers
+        return list(range(1, count + 1))
+
+    def stop_process(self, name: str) -> None:
+        for n in self._instances(name):
+            self.cluster.stop_process(f"{name}-{n}")
+
+    def start_worker(self, name: str) -> None:
+        for n in self._instances(name):
+            self.cluster.start_worker(name, n)
+
+
+def cluster_bench_stack(
+    run_dir: Path, delay_ms: float, consumer_concurrency: int
+) -> ClusterBenchStack:
+    config = ClusterConfig.on_free_ports(
+        run_dir,
+        sink_delay_ms=delay_ms,
+        rate_limits=False,
+        extra_env={
+            "BENCH_MODES": "true",
+            "CONSUMER_CONCURRENCY": str(consumer_concurrency),
+            "CONSUMER_PREFETCH": str(2 * consumer_concurrency),
+            "WEB_POOL_SIZE": "1000",
+            "DATABASE_POOL_SIZE": "60",
+            "LOG_LEVEL": "WARNING",
+        },
+    )
+    return ClusterBenchStack(Cluster(config), consumer_concurrency)

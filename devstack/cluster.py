@@ -201,7 +201,8 @@ class Cluster:
         return self.postgres.url
 
     def scrape_urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}/metrics" for port in self.prometheus_ports]
+        """rabbitmq_prometheus's per-queue metrics, one address per node."""
+        return [f"http://127.0.0.1:{port}/metrics/per-object" for port in self.prometheus_ports]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -608,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     nodes = "\n".join(
-        f"    {node.nodename}  {node.amqp_url}  metrics http://127.0.0.1:{prom}/metrics"
+        f"    {node.nodename}  {node.amqp_url}  http://127.0.0.1:{prom}/metrics/per-object"
         for node, prom in zip(cluster.nodes, cluster.prometheus_ports, strict=True)
     )
     print(

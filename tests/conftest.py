@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def cluster() -> Iterator[Any]:
     """`make cluster`'s harness on free ports, shared by the cluster fault tests and the browser
     journey through its nginx. Sinks answer after 5 ms; retries and the relay are quick so a
     fault's redeliveries drain in seconds. Tests that break a part restore it."""
@@ -176,8 +177,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require(rabbitmq_installed(), "RabbitMQ (apt-get install rabbitmq-server)")
     require(postgres_bin() is not None, "PostgreSQL (apt-get install postgresql)")
     require(os.path.exists(NGINX), "Debian's nginx (apt-get install nginx)")
+    # A folder of its own, not pytest's: pytest removes old base folders as other runs on the
+    # machine start, which would pull the nodes' data from under a long session.
+    run_dir = Path(tempfile.mkdtemp(prefix="offload-cluster-"))
     config = ClusterConfig.on_free_ports(
-        tmp_path_factory.mktemp("cluster"),
+        run_dir,
         sink_delay_ms=5.0,
         rate_limits=False,
         extra_env={
@@ -193,6 +197,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     )
     with Cluster(config) as running:
         yield running
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 CLUSTER_OPS_TOKEN = "cluster-test-operator-token"
