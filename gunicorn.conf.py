@@ -42,9 +42,10 @@ def child_exit(_server: Any, worker: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     from app.extension import offload
-    from app.hubwatch import watch_hub
+    from app.hubwatch import freeze_startup_heap, watch_hub
 
     watch_hub(_settings.hub_block_report_ms)
+    freeze_startup_heap()
     # Each worker connects to the broker itself, after the fork, before its first request.
     offload(worker.wsgi).require_dispatcher().publisher.warm_up()
 

@@ -23,7 +23,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 from app import create_app  # noqa: E402
 from app.config import load_settings_or_exit  # noqa: E402
 from app.extension import offload  # noqa: E402
-from app.hubwatch import watch_hub  # noqa: E402
+from app.hubwatch import freeze_startup_heap, watch_hub  # noqa: E402
 from app.shutdown import on_stop_signals  # noqa: E402
 
 log = logging.getLogger("offload.web")
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     on_stop_signals(drain, left_behind="requests in flight are cut off")
     watch_hub(settings.hub_block_report_ms)
+    freeze_startup_heap()
     server.start()
     offload(application).require_dispatcher().publisher.warm_up()
     address = server.address

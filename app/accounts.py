@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from string import hexdigits
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -21,6 +21,7 @@ from app.verification import (
     ExpiredToken,
     InvalidToken,
     claim_matches,
+    hash_status_token,
     read_email_token,
     sms_code_matches,
 )
@@ -89,8 +90,21 @@ def is_user_id(value: str) -> bool:
 
 
 def find_user(session: Session, user_id: str) -> User | None:
-    """The user with this id, or None; ids that cannot exist are not even looked up."""
+    """The user with this id, or None; ids that cannot exist are not even looked up.
+
+    For the server's own use (the browser session holds the id): an id from a client opens
+    nothing, see find_user_by_status_token.
+    """
     return session.get(User, user_id) if is_user_id(user_id) else None
+
+
+def find_user_by_status_token(session: Session, token: str) -> User | None:
+    """The user a status token was handed to, or None."""
+    if not 20 <= len(token) <= 100:
+        return None
+    return session.scalars(
+        select(User).where(User.status_token_hash == hash_status_token(token))
+    ).first()
 
 
 def check_email_token(session: Session, settings: Settings, token: str) -> User:
@@ -111,7 +125,13 @@ def check_email_token(session: Session, settings: Settings, token: str) -> User:
             "This confirmation link is not valid. Check that you opened the "
             "whole link from the email."
         ) from None
-    user = find_user(session, claim.user_id)
+    user = (
+        session.scalars(
+            select(User).where(User.email_verification_id == claim.verification_id)
+        ).first()
+        if is_user_id(claim.verification_id)
+        else None
+    )
     if user is None or not claim_matches(settings.secret_key, claim, user.email):
         raise InvalidLink("This confirmation link is not valid for any account.")
     if user.email_verified_at is not None:

@@ -27,6 +27,8 @@ from app.registration import (
     describe_user,
     register_and_notify,
 )
+from app.resend import ResendError, TooManyResends, UnknownChannel
+from app.resend import resend as resend_message
 from app.servertiming import format_server_timing
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -75,13 +77,14 @@ def json_object(what: str) -> dict[str, Any] | Response:
 @limit(REGISTRATION_LIMIT)
 def create_user() -> Response:
     settings = offload().settings
-    mode = request.args.get("mode", settings.dispatch_mode)
+    requested = request.args.get("mode")
+    mode = requested or settings.dispatch_mode
     data = json_object("user")
     if isinstance(data, Response):
         return data
     try:
         registered = register_and_notify(
-            get_session(), settings, offload().require_dispatcher(), data, mode
+            get_session(), settings, offload().require_dispatcher(), data, requested
         )
     except InvalidRegistration as exc:
         REGISTRATIONS.labels(
@@ -91,30 +94,36 @@ def create_user() -> Response:
     except AlreadyRegistered as exc:
         REGISTRATIONS.labels(mode=mode, outcome="duplicate").inc()
         return error(409, "already_registered", exc.message, exc.fields)
+    mode = registered.mode
     REGISTRATIONS.labels(mode=mode, outcome="created").inc()
     for step, ms in registered.timings_ms.items():
         STEP_SECONDS.labels(mode=mode, step=step).observe(ms / 1000)
-    response = jsonify(user=describe_user(registered.user), mode=mode)
+    response = jsonify(
+        user=describe_user(registered.user), mode=mode, status_token=registered.status_token
+    )
     response.status_code = 201
-    response.headers["Location"] = url_for("api.get_user", user_id=registered.user.id)
+    # The token is the only way back to this status: shown once, kept out of caches.
+    response.headers["Location"] = url_for("api.get_status", token=registered.status_token)
+    response.headers["Cache-Control"] = "no-store"
     response.headers["Server-Timing"] = format_server_timing(registered.timings_ms)
     return response
 
 
-@bp.get("/users/<user_id>")
-def get_user(user_id: str) -> Response:
-    user = accounts.find_user(get_session(), user_id)
+@bp.get("/status/<token>")
+def get_status(token: str) -> Response:
+    """A user's status, opened by the status token handed out at registration (not the id)."""
+    user = accounts.find_user_by_status_token(get_session(), token)
     if user is None:
-        return error(404, "not_found", "No user with this id.")
+        return error(404, "not_found", "No registration has this status token.")
     response = jsonify(user=describe_user(user))
     # The body holds the user's email address and phone number: keep it out of shared caches.
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
-@bp.post("/users/<user_id>/verify-phone")
+@bp.post("/status/<token>/verify-phone")
 @limit(VERIFICATION_LIMIT)
-def verify_phone(user_id: str) -> Response:
+def verify_phone(token: str) -> Response:
     data = json_object("code")
     if isinstance(data, Response):
         return data
@@ -122,12 +131,52 @@ def verify_phone(user_id: str) -> Response:
     if not isinstance(code, str):
         message = "Send the code from the SMS as a string."
         return error(400, "invalid_code", message, {"code": message})
+    user = accounts.find_user_by_status_token(get_session(), token)
+    if user is None:
+        return error(404, "not_found", "No registration has this status token.")
     settings = offload().settings
     try:
-        user = accounts.verify_phone(get_session(), settings, user_id, code)
+        user = accounts.verify_phone(get_session(), settings, user.id, code)
     except accounts.VerificationError as exc:
         return error(VERIFICATION_STATUS[type(exc)], exc.code, exc.message, exc.fields)
     response = jsonify(user=describe_user(user))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/status/<token>/resend")
+@limit(VERIFICATION_LIMIT)
+def resend(token: str) -> Response:
+    """A new email link or SMS code: `{"channel": "email"}` or `{"channel": "sms"}`."""
+    data = json_object("channel")
+    if isinstance(data, Response):
+        return data
+    channel = data.get("channel")
+    user = accounts.find_user_by_status_token(get_session(), token)
+    if user is None:
+        return error(404, "not_found", "No registration has this status token.")
+    try:
+        resend_message(
+            get_session(),
+            offload().settings,
+            offload().require_dispatcher(),
+            user,
+            channel if isinstance(channel, str) else "",
+        )
+    except UnknownChannel as exc:
+        return error(400, exc.code, "Unknown channel.", {"channel": exc.message})
+    except TooManyResends as exc:
+        # No wait makes it work again: gone, like a code whose attempts are spent.
+        return error(410, exc.code, exc.message)
+    except ResendError as exc:
+        response = error(429, exc.code, exc.message)
+        if exc.retry_after:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except accounts.AlreadyVerified as exc:
+        return error(409, exc.code, exc.message)
+    response = jsonify(user=describe_user(user))
+    response.status_code = 202
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -83,8 +83,11 @@ class Settings:
     sms_timeout: float = 10.0
     # Consumers and the relay serve Prometheus metrics on this port when it is not 0.
     metrics_port: int = 0
-    consumer_concurrency: int = 10
-    consumer_prefetch: int = 20
+    # Sends in flight per consumer: by Little's law a consumer keeping up with R jobs a second
+    # whose server answers in L seconds needs R x L of them (500/s x 50 ms = 25). With too few
+    # the queue grows under load however idle the CPU, and the ledger's batches stay small.
+    consumer_concurrency: int = 50
+    consumer_prefetch: int = 100
     # "quorum" for a RabbitMQ cluster (replicated queues); "classic" on a single node.
     queue_type: str = "classic"
     max_attempts: int = 5
@@ -92,11 +95,23 @@ class Settings:
     relay_interval: float = 1.0
     relay_batch_size: int = 200
     # A pending outbox row younger than this belongs to the request that wrote it; the relay
-    # leaves it alone so the normal path is not published twice.
-    relay_grace_seconds: float = 5.0
+    # leaves it alone so the normal path is not published twice. Longer than the longest
+    # inline send (SMTP_TIMEOUT + SMS_TIMEOUT, one after the other in serial mode).
+    relay_grace_seconds: float = 30.0
+    # The relay republishes a row left `queued` this long (its message lost by the broker).
+    # Longer than the longest retry delay plus the send lease; a row waiting behind a longer
+    # backlog is republished too, which the consumers' ledger check makes harmless.
+    relay_sweep_after_seconds: float = 900.0
     # How long a consumer owns a notification while sending it; longer than any send may take.
     send_lease_seconds: float = 30.0
     verification_max_age: int = 48 * 3600
+    # Resends of the link or code (app/resend.py): at most this many per user, both channels
+    # together, and at least this long apart.
+    resend_max: int = 5
+    resend_cooldown_seconds: int = 60
+    # A registration whose email and phone are not both verified this long after it was made
+    # gives way to a new registration of the same address or number (no squatting).
+    unverified_expiry_seconds: int = 48 * 3600
     sms_code_max_age: int = 15 * 60
     sms_code_max_attempts: int = 5
     # Per client address, fixed windows counted in the database (shared by every worker).
@@ -108,6 +123,16 @@ class Settings:
     # How many reverse proxies in front of the app append to X-Forwarded-For; 0 trusts none and
     # uses the socket's peer address.
     rate_limit_trusted_proxies: int = 0
+    # SMS budgets ("N/minute", "N/hour", "N/day"; empty: none), counted in the registration's
+    # transaction; an SMS over one is written `held` until an operator releases it.
+    sms_budget_global: str = ""
+    sms_budget_per_country: str = ""
+    sms_budget_per_number: str = ""
+    # ISO 3166 region codes ("US,CA") whose numbers may register; empty: any country.
+    sms_allowed_countries: tuple[str, ...] = ()
+    # Whether clients may pick the dispatch mode (`?mode=`, the form's menu); unset: only in
+    # development. Otherwise DISPATCH_MODE alone decides what each registration costs.
+    allow_client_mode: bool | None = None
     # The local harness only (devstack): how long each SMTP and SMS sink takes per message.
     sink_delay_ms: float = 50.0
     # `make cluster` only: the port nginx terminates TLS on.
@@ -162,6 +187,42 @@ class Settings:
                 "QUEUED_MARK_INTERVAL must be at least 0 and below RELAY_GRACE_SECONDS, "
                 f"not {self.queued_mark_interval!r}"
             )
+        if not self.relay_grace_seconds > self.inline_send_seconds:
+            raise ConfigError(
+                "RELAY_GRACE_SECONDS must be longer than the longest inline send, "
+                f"SMTP_TIMEOUT + SMS_TIMEOUT ({self.inline_send_seconds:g} s), "
+                f"not {self.relay_grace_seconds!r}"
+            )
+        longest_wait = max(self.retry_delays_ms) / 1000 + self.send_lease_seconds
+        if not self.relay_sweep_after_seconds > longest_wait:
+            raise ConfigError(
+                "RELAY_SWEEP_AFTER_SECONDS must be longer than the longest retry delay plus "
+                f"SEND_LEASE_SECONDS ({longest_wait:g} s), not {self.relay_sweep_after_seconds!r}"
+            )
+        if self.resend_max < 0 or self.resend_cooldown_seconds < 0:
+            raise ConfigError("RESEND_MAX and RESEND_COOLDOWN_SECONDS must be 0 or more")
+        if self.unverified_expiry_seconds < 1:
+            raise ConfigError(
+                "UNVERIFIED_EXPIRY_SECONDS must be at least 1, "
+                f"not {self.unverified_expiry_seconds!r}"
+            )
+        for variable, budget in (
+            ("SMS_BUDGET_GLOBAL", self.sms_budget_global),
+            ("SMS_BUDGET_PER_COUNTRY", self.sms_budget_per_country),
+            ("SMS_BUDGET_PER_NUMBER", self.sms_budget_per_number),
+        ):
+            if budget.strip():
+                from app.counters import Rate
+
+                Rate.parse(budget, setting=variable)
+        for region in self.sms_allowed_countries:
+            if not (
+                len(region) == 2 and region.isascii() and region.isalpha() and region.isupper()
+            ):
+                raise ConfigError(
+                    "SMS_ALLOWED_COUNTRIES must list ISO 3166 region codes (e.g. US,CA,GB), "
+                    f"not {region!r}"
+                )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
         if not self.sink_delay_ms >= 0:  # also refuses nan
@@ -170,6 +231,17 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes).validate()
+
+    @property
+    def clients_choose_mode(self) -> bool:
+        if self.allow_client_mode is not None:
+            return self.allow_client_mode
+        return self.environment == "development"
+
+    @property
+    def inline_send_seconds(self) -> float:
+        """The longest a request's own sends may take (serial: one after the other)."""
+        return self.smtp_timeout + self.sms_timeout
 
     @property
     def web_database_pool_size(self) -> int:
@@ -208,6 +280,14 @@ def _float(raw: str, name: str) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+
+
+def _optional_bool(raw: str, name: str) -> bool | None:
+    return None if not raw.strip() else _bool(raw, name)
+
+
+def _regions(raw: str, name: str) -> tuple[str, ...]:
+    return tuple(part.strip().upper() for part in raw.split(",") if part.strip())
 
 
 def _delays(raw: str, name: str) -> tuple[int, ...]:
@@ -258,11 +338,20 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RELAY_INTERVAL": ("relay_interval", _float),
     "RELAY_BATCH_SIZE": ("relay_batch_size", _int),
     "RELAY_GRACE_SECONDS": ("relay_grace_seconds", _float),
+    "RELAY_SWEEP_AFTER_SECONDS": ("relay_sweep_after_seconds", _float),
     "SEND_LEASE_SECONDS": ("send_lease_seconds", _float),
+    "UNVERIFIED_EXPIRY_SECONDS": ("unverified_expiry_seconds", _int),
+    "RESEND_MAX": ("resend_max", _int),
+    "RESEND_COOLDOWN_SECONDS": ("resend_cooldown_seconds", _int),
     "RATE_LIMIT_ENABLED": ("rate_limit_enabled", _bool),
     "RATE_LIMIT_REGISTRATIONS": ("rate_limit_registrations", str),
     "RATE_LIMIT_VERIFICATIONS": ("rate_limit_verifications", str),
     "RATE_LIMIT_TRUSTED_PROXIES": ("rate_limit_trusted_proxies", _int),
+    "SMS_BUDGET_GLOBAL": ("sms_budget_global", str),
+    "SMS_BUDGET_PER_COUNTRY": ("sms_budget_per_country", str),
+    "SMS_BUDGET_PER_NUMBER": ("sms_budget_per_number", str),
+    "SMS_ALLOWED_COUNTRIES": ("sms_allowed_countries", _regions),
+    "ALLOW_CLIENT_MODE": ("allow_client_mode", _optional_bool),
     "SINK_DELAY_MS": ("sink_delay_ms", _float),
     "CLUSTER_TLS_PORT": ("cluster_tls_port", _int),
     "OPS_TOKEN": ("ops_token", str),

@@ -15,9 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gevent
-from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engine, event
 from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 # Named constraints make migrations reproducible: autogenerate and every backend agree on the
 # names, so a later migration can drop or alter them by name. (Which field a duplicate
@@ -51,6 +54,38 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class database_now(FunctionElement[datetime]):
+    """The database's clock, plus `seconds`: every lease is timed by the one clock all hosts share.
+
+    Leases written and compared with each host's own clock would let a host whose clock runs
+    ahead take a lease that another still holds.
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "database_now"
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__(bindparam(None, float(seconds), unique=True))
+
+
+@compiles(database_now)
+def _database_now(element: database_now, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = element.clauses
+    return f"(CURRENT_TIMESTAMP + make_interval(secs => {compiler.process(seconds, **kw)}))"
+
+
+@compiles(database_now, "sqlite")
+def _database_now_sqlite(element: database_now, compiler: SQLCompiler, **kw: Any) -> str:
+    (seconds,) = element.clauses
+    # The text form SQLAlchemy itself writes for a SQLite DATETIME, so comparisons with stored
+    # values are comparisons of like with like.
+    return (
+        "strftime('%Y-%m-%d %H:%M:%f000', 'now', "
+        f"({compiler.process(seconds, **kw)}) || ' seconds')"
+    )
 
 
 class Base(DeclarativeBase):

@@ -14,7 +14,7 @@ was already sent when RabbitMQ delivers it again.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 JOBS_EXCHANGE = "offload.jobs"
@@ -62,6 +62,18 @@ _FIELDS: dict[str, tuple[type[EmailJob] | type[SmsJob], tuple[str, ...]]] = {
     "email": (EmailJob, ("notification_id", "to", "subject", "text")),
     "sms": (SmsJob, ("notification_id", "to", "body")),
 }
+
+
+# What a sent job's secret-bearing text becomes in the outbox row (see scrub_job).
+SCRUBBED_TEXT = "[removed once sent: it carried a verification secret]"
+
+
+def scrub_job(job: Job) -> Job:
+    """The job without its secret (the email's link token, the SMS code): what the outbox row
+    keeps once the message is sent. The ledger needs only the id, the kind and the recipient."""
+    if isinstance(job, EmailJob):
+        return replace(job, text=SCRUBBED_TEXT)
+    return replace(job, body=SCRUBBED_TEXT)
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:

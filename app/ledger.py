@@ -1,26 +1,34 @@
 """The notification ledger: every change of a notification's status goes through here.
 
 Used by the request path (serial and parallel modes send inline; queued mode marks rows queued)
-and by the consumers, so every mode leaves the same trace. Each function commits.
+and by the consumers, so every mode leaves the same trace. Each function commits. A row recorded
+sent keeps its job without the secret it carried (the SMS code, the email's link token).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from typing import cast
 
 import gevent
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import JSON, Table, bindparam, case, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import session_scope
+from app.db import database_now, session_scope
+from app.jobs import job_from_dict, job_to_dict, scrub_job
 from app.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
+
+# The consumers' batch statements go through SQLAlchemy Core on the table: the ORM's bulk-UPDATE
+# path adds more CPU than the statement itself, and these run for every job.
+NOTIFICATIONS = cast(Table, Notification.__table__)
 
 MAX_ERROR_LENGTH = 1000
 
@@ -38,7 +46,7 @@ def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
     session.execute(
         update(Notification)
         .where(Notification.id.in_(notification_ids), Notification.status == "pending")
-        .values(status="queued", queued_at=utcnow())
+        .values(status="queued", queued_at=database_now())
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -47,8 +55,9 @@ def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
 class QueuedMarker:
     """Marks the rows the broker confirmed `queued`, in batches, off the request's path.
 
-    A confirmed publish leaves its rows `pending` for up to `interval` seconds; one UPDATE then
-    marks every row confirmed meanwhile. That costs one small transaction per batch instead of
+    The broker's confirm arrives (in a callback on the hub) after the response has gone; its rows
+    stay `pending` for up to `interval` seconds more, then one UPDATE marks every row confirmed
+    meanwhile. That costs one small transaction per batch instead of
     one per registration. Nothing depends on the mark but the relay, which leaves a pending row
     alone for RELAY_GRACE_SECONDS: a mark lost with its process only means the relay publishes
     those jobs again, and the consumers' ledger check keeps that from sending anything twice.
@@ -65,9 +74,10 @@ class QueuedMarker:
         for notification in notifications:
             notification.status = "queued"  # what the response shows; the row follows
         self._ids.extend(n.id for n in notifications)
-        if self.interval <= 0:
+        if self.interval <= 0 and gevent.getcurrent() is not gevent.get_hub():
             self.flush()
         elif self._flusher is None:
+            # A confirm arrives in a callback on the hub, which must not wait for the database.
             self._flusher = gevent.spawn_later(self.interval, self.flush)
 
     def flush(self) -> None:
@@ -91,14 +101,27 @@ class QueuedMarker:
         self.flush()
 
 
+def new_lease_token() -> str:
+    return uuid.uuid4().hex
+
+
 def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> None:
-    """Record the request's own sends (serial and parallel modes) in one transaction."""
+    """Record the request's own sends (serial and parallel modes) in one transaction.
+
+    The rows were written holding a send lease (app/registration.py); each UPDATE is
+    conditional on its token, like the consumers' record.
+    """
     now = utcnow()
     for outcome in outcomes:
         notification = outcome.notification
         values: dict[str, object]
         if outcome.error is None:
-            values = {"status": "sent", "sent_at": now, "last_error": None}
+            values = {
+                "status": "sent",
+                "sent_at": now,
+                "last_error": None,
+                "payload": scrubbed_payload(notification.payload),
+            }
         else:
             values = {
                 "status": outcome.retry_status,
@@ -106,8 +129,16 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
             }
         session.execute(
             update(Notification)
-            .where(Notification.id == notification.id)
-            .values(attempts=Notification.attempts + 1, send_lease_until=None, **values)
+            .where(
+                Notification.id == notification.id,
+                Notification.send_lease_token == notification.send_lease_token,
+            )
+            .values(
+                attempts=Notification.attempts + 1,
+                send_lease_until=None,
+                send_lease_token=None,
+                **values,
+            )
             .execution_options(synchronize_session=False)
         )
         for name, value in values.items():
@@ -127,30 +158,37 @@ class InlineOutcome:
 
 def take_send_lease(session: Session, notification: Notification, seconds: float) -> bool:
     """Claim the right to send this notification now; False if another consumer holds it."""
-    leased = take_send_leases(session, [notification.id], seconds)
+    leased = take_send_leases(session, [notification.id], seconds, new_lease_token())
     session.commit()
     return notification.id in leased
 
 
+def send_lease_free() -> ColumnElement[bool]:
+    """No one holds the row's send lease, by the database's clock."""
+    return or_(
+        NOTIFICATIONS.c.send_lease_until.is_(None),
+        NOTIFICATIONS.c.send_lease_until < database_now(),
+    )
+
+
 def take_send_leases(
-    session: Session, notification_ids: Sequence[str], seconds: float
+    session: Session, notification_ids: Sequence[str], seconds: float, token: str
 ) -> dict[str, int]:
     """Lease every unsent, unleased row of these in one UPDATE; {id: attempts} of those leased.
 
     The caller commits. A row already sent, or leased by another consumer whose lease has not
-    run out, is left alone and not returned.
+    run out, is left alone and not returned. `token` marks the rows as this claim's: the
+    record of their results (record_sends) changes only rows that still carry it.
     """
-    now = utcnow()
-    rows = session.execute(
-        update(Notification)
+    rows = session.connection().execute(
+        update(NOTIFICATIONS)
         .where(
-            Notification.id.in_(notification_ids),
-            Notification.status != "sent",
-            or_(Notification.send_lease_until.is_(None), Notification.send_lease_until < now),
+            NOTIFICATIONS.c.id.in_(notification_ids),
+            NOTIFICATIONS.c.status != "sent",
+            send_lease_free(),
         )
-        .values(send_lease_until=now + timedelta(seconds=seconds))
-        .returning(Notification.id, Notification.attempts)
-        .execution_options(synchronize_session=False)
+        .values(send_lease_until=database_now(seconds), send_lease_token=token)
+        .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.attempts)
     )
     return {notification_id: attempts for notification_id, attempts in rows}
 
@@ -162,48 +200,85 @@ def notification_statuses(session: Session, notification_ids: Sequence[str]) -> 
     return {notification_id: status for notification_id, status in rows}
 
 
+def scrubbed_payload(payload: dict[str, object]) -> dict[str, object]:
+    """A sent job's payload without its secret (the code, the link token)."""
+    return job_to_dict(scrub_job(job_from_dict(payload)))
+
+
+@dataclass(frozen=True)
+class Sent:
+    notification_id: str
+    lease_token: str
+    # The job as the outbox keeps it once sent: the secret removed (app.jobs.scrub_job).
+    payload: dict[str, object]
+
+
 @dataclass(frozen=True)
 class Failure:
     notification_id: str
     error: str
     # "failed": no retry follows. "queued": a retry is scheduled through the broker.
     status: str
+    lease_token: str = ""
 
 
 _RECORD_FAILURE = (
-    update(Notification)
-    .where(Notification.id == bindparam("failed_id"))
+    update(NOTIFICATIONS)
+    .where(
+        NOTIFICATIONS.c.id == bindparam("failed_id"),
+        NOTIFICATIONS.c.send_lease_token == bindparam("token"),
+    )
     .values(
-        attempts=Notification.attempts + 1,
+        attempts=NOTIFICATIONS.c.attempts + 1,
         status=bindparam("new_status"),
         last_error=bindparam("error"),
         send_lease_until=None,
+        send_lease_token=None,
+        # A retry is a new hand-off to the broker: the sweeper counts from here.
+        queued_at=database_now(),
     )
-    .execution_options(synchronize_session=False)
 )
 
 
-def record_sends(session: Session, sent_ids: Sequence[str], failures: Sequence[Failure]) -> None:
-    """Record the results of a batch of sends in one transaction, and commit."""
-    if sent_ids:
-        session.execute(
-            update(Notification)
-            .where(Notification.id.in_(sent_ids))
+def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Failure]) -> None:
+    """Record the results of a batch of sends in one transaction, and commit.
+
+    Every UPDATE is conditional on the lease token the claim wrote: a sender whose lease ran
+    out and was taken over by another consumer changes nothing (its message comes back later
+    and the ledger decides again).
+    """
+    connection = session.connection()
+    if sent:
+        # One statement for the whole batch, as before the scrub: each row's scrubbed payload
+        # is picked by its id, and only rows still carrying their claim's token change.
+        scrubbed = case(
+            {s.notification_id: bindparam(None, s.payload, type_=JSON, unique=True) for s in sent},
+            value=NOTIFICATIONS.c.id,
+        )
+        connection.execute(
+            update(NOTIFICATIONS)
+            .where(
+                tuple_(NOTIFICATIONS.c.id, NOTIFICATIONS.c.send_lease_token).in_(
+                    [(s.notification_id, s.lease_token) for s in sent]
+                )
+            )
             .values(
                 status="sent",
-                attempts=Notification.attempts + 1,
+                attempts=NOTIFICATIONS.c.attempts + 1,
                 sent_at=utcnow(),
                 last_error=None,
                 send_lease_until=None,
+                send_lease_token=None,
+                payload=scrubbed,
             )
-            .execution_options(synchronize_session=False)
         )
     if failures:
-        session.connection().execute(
+        connection.execute(
             _RECORD_FAILURE,
             [
                 {
                     "failed_id": failure.notification_id,
+                    "token": failure.lease_token,
                     "new_status": failure.status,
                     "error": failure.error[:MAX_ERROR_LENGTH],
                 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -41,8 +41,20 @@ class BrokerUnavailable(PublishError):
 
 
 class Publisher(Protocol):
-    def publish(self, jobs: Sequence[Job], *, timeout: float) -> None:
-        """Publish persistent jobs and return once the broker confirmed every one of them."""
+    def publish(
+        self,
+        jobs: Sequence[Job],
+        *,
+        timeout: float,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish persistent jobs.
+
+        Without `on_confirmed`, return once the broker confirmed every one of them. With it,
+        return as soon as they are written, and call `on_confirmed()` later, once the broker
+        confirmed them all (never, if it refused or lost any: the outbox relay then publishes
+        them again). Either way PublishError means they were not published.
+        """
 
     def warm_up(self) -> None:
         """Start connecting now, so the first request does not pay for it (never raises)."""
@@ -64,13 +76,42 @@ def job_properties(job: Job, headers: dict[str, Any] | None = None) -> pika.Basi
     )
 
 
+class Confirmations:
+    """The broker's answers for the jobs of one `publish` call."""
+
+    def __init__(self, count: int, on_confirmed: Callable[[], None] | None) -> None:
+        self.outstanding = count
+        self.failure: PublishError | None = None
+        self.on_confirmed = on_confirmed
+        self.done = gevent.event.Event()
+
+    def settle(self, failure: PublishError | None) -> None:
+        if failure is not None and self.failure is None:
+            self.failure = failure
+        self.outstanding -= 1
+        if self.outstanding > 0:
+            return
+        self.done.set()
+        if self.failure is None and self.on_confirmed is not None:
+            self.on_confirmed()
+        elif self.failure is not None:
+            log.debug("jobs not confirmed, left to the outbox relay: %s", self.failure)
+
+    def wait(self) -> None:
+        self.done.wait()
+        if self.failure is not None:
+            raise self.failure
+
+
 class PikaPublisher:
     """One asynchronous pika connection per process, with many confirms in flight.
 
     pika's gevent adapter runs the connection's I/O on the gevent hub. A publishing greenlet
-    writes its frames and then waits for its own delivery tags to be confirmed, so a request's
-    two jobs cost one round trip, and fifty concurrent requests share one connection without
-    queueing behind each other's confirms. None of the adapter's calls used here yields to the
+    writes its frames and then either waits for its own delivery tags to be confirmed (the
+    relay), or returns at once and has a callback run when they are (the request path: the
+    outbox already guarantees the jobs, so the response need not wait for the broker's disk).
+    Fifty concurrent requests share one connection without queueing behind each other's
+    confirms. None of the adapter's calls used here yields to the
     hub, so each publish (tag assignment and frames) is atomic among greenlets: no two greenlets
     ever interleave on the channel.
 
@@ -107,7 +148,7 @@ class PikaPublisher:
         self._unreachable_until = 0.0
         self._topology_declared = False
         self._next_tag = 0
-        self._pending: dict[int, tuple[gevent.event.AsyncResult, str]] = {}
+        self._pending: dict[int, tuple[Confirmations, str]] = {}
         self._returned: set[str] = set()
 
     # -- publishing ----------------------------------------------------------------------------
@@ -125,17 +166,25 @@ class PikaPublisher:
         with gevent.Timeout(timeout, PublishTimeout(f"no channel within {timeout:.3f}s")):
             self._ready_channel()
 
-    def publish(self, jobs: Sequence[Job], *, timeout: float) -> None:
-        with gevent.Timeout(timeout, PublishTimeout(f"no confirm within {timeout:.3f}s")):
+    def publish(
+        self,
+        jobs: Sequence[Job],
+        *,
+        timeout: float,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> None:
+        waiting_for = "a connection" if on_confirmed else "a confirm"
+        with gevent.Timeout(timeout, PublishTimeout(f"no {waiting_for} within {timeout:.3f}s")):
             channel = self._ready_channel()
-            confirmations = [self._publish_one(channel, job) for job in jobs]
-            for confirmation in confirmations:
-                confirmation.get()
+            confirmations = Confirmations(len(jobs), on_confirmed)
+            for job in jobs:
+                self._publish_one(channel, job, confirmations)
+            if on_confirmed is None:
+                confirmations.wait()
 
-    def _publish_one(self, channel: Channel, job: Job) -> gevent.event.AsyncResult:
-        confirmation = gevent.event.AsyncResult()
+    def _publish_one(self, channel: Channel, job: Job, confirmations: Confirmations) -> None:
         self._next_tag += 1
-        self._pending[self._next_tag] = (confirmation, job.notification_id)
+        self._pending[self._next_tag] = (confirmations, job.notification_id)
         try:
             channel.basic_publish(
                 JOBS_EXCHANGE,
@@ -147,7 +196,6 @@ class PikaPublisher:
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._pending.pop(self._next_tag, None)
             raise PublishError(f"publish failed: {exc!r}") from exc
-        return confirmation
 
     def _ready_channel(self) -> Channel:
         if self._pid != os.getpid():
@@ -237,14 +285,14 @@ class PikaPublisher:
             entry = self._pending.pop(tag, None)
             if entry is None:
                 continue  # its publisher gave up (timeout) long ago
-            confirmation, message_id = entry
+            confirmations, message_id = entry
             if message_id in self._returned:
                 self._returned.discard(message_id)
-                confirmation.set_exception(PublishError("the broker could not route the job"))
+                confirmations.settle(PublishError("the broker could not route the job"))
             elif acked:
-                confirmation.set(True)
+                confirmations.settle(None)
             else:
-                confirmation.set_exception(PublishError("the broker refused the job (nack)"))
+                confirmations.settle(PublishError("the broker refused the job (nack)"))
 
     def _on_return(self, _channel: Channel, _method: Any, properties: Any, _body: bytes) -> None:
         # Basic.Return comes before the Ack of the same message.
@@ -273,8 +321,8 @@ class PikaPublisher:
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
-        for confirmation, _message_id in pending.values():
-            confirmation.set_exception(PublishError(reason))
+        for confirmations, _message_id in pending.values():
+            confirmations.settle(PublishError(reason))
         self._returned.clear()
 
     def close(self) -> None:
@@ -293,10 +341,18 @@ class InMemoryPublisher:
         self.published: list[Job] = []
         self.fail_with = fail_with
 
-    def publish(self, jobs: Sequence[Job], *, timeout: float) -> None:
+    def publish(
+        self,
+        jobs: Sequence[Job],
+        *,
+        timeout: float,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> None:
         if self.fail_with is not None:
             raise self.fail_with
         self.published.extend(jobs)
+        if on_confirmed is not None:
+            on_confirmed()  # an in-memory broker confirms at once
 
     def warm_up(self) -> None:
         pass

@@ -3,11 +3,14 @@
 A notification row is written in the same transaction as its user. Its status tells the whole
 story of the job:
 
-    pending  written, not yet handed to the broker (the relay publishes these)
+    pending  written; not yet confirmed by the broker (the relay publishes these once they are
+             older than RELAY_GRACE_SECONDS)
     queued   confirmed by the broker, waiting for a consumer
     sent     the SMTP server or SMS gateway accepted it (consumers skip these on redelivery)
     failed   gave up: permanent error, or attempts exhausted (the job sits in the parking queue)
     skipped  never meant to be sent: the benchmark's insert-only baseline (BENCH_MODES=true)
+    held     an SMS over a budget (app/smsbudget.py): kept, sent once an operator releases it
+             (`python -m services.held release` makes it pending again)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime
 
-NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed", "skipped")
+NOTIFICATION_STATUSES = ("pending", "queued", "sent", "failed", "skipped", "held")
 CHANNELS = ("email", "sms")
 
 
@@ -33,12 +36,24 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def email_key(email: str) -> str:
+    """The address as uniqueness sees it: `Ada@x.org` and `ada@x.org` are one address.
+
+    Strictly, only the domain is case-insensitive; in practice no mail system gives `Ada` and
+    `ada` to two people, and treating them as two lets one person hold two accounts (or squat
+    another's address by its capitals).
+    """
+    return email.casefold()
+
+
 class User(Base):
     __tablename__ = "users"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320), unique=True)
+    # email_key(email): the unique index that decides "already registered" whatever the case.
+    email_key: Mapped[str] = mapped_column(String(320), index=True, unique=True)
     phone: Mapped[str] = mapped_column(String(20), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     email_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -47,6 +62,14 @@ class User(Base):
     sms_code_hash: Mapped[str | None] = mapped_column(String(128))
     sms_code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sms_code_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Resends so far (both channels) and when the last was asked for (app/resend.py).
+    resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_resend_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The status token (app/verification.py) opens the user's status; only its SHA-256 is kept.
+    # The id is never a credential: it opens nothing and appears in no link.
+    status_token_hash: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
+    # Random, named by the email link's token instead of the id (signed, not encrypted).
+    email_verification_id: Mapped[str | None] = mapped_column(String(32), index=True, unique=True)
 
     notifications: Mapped[list[Notification]] = relationship(
         back_populates="user", order_by="Notification.channel", lazy="selectin"
@@ -78,6 +101,9 @@ class Notification(Base):
     # Send lease: a consumer about to send owns the row until this time, so two copies of one
     # job (a relay republish racing a late confirm) never go out at once.
     send_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who holds the send lease: written by the claim, checked by the record, so a holder whose
+    # lease ran out (and was taken over) can no longer change the row.
+    send_lease_token: Mapped[str | None] = mapped_column(String(32))
 
     user: Mapped[User] = relationship(back_populates="notifications")
 

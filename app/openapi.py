@@ -41,7 +41,7 @@ def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
 def _common_errors(*codes: int) -> dict[str, Any]:
     catalogue = {
         "400": _error("The request is not valid; `fields` names each bad field."),
-        "404": _error("No user with this id."),
+        "404": _error("No registration has this status token."),
         "409": _error("Already registered, or already verified."),
         "410": _error("The code expired, or too many wrong codes were tried."),
         "413": _error("The body is larger than the limit."),
@@ -60,11 +60,12 @@ def build_document(settings: Settings) -> dict[str, Any]:
     modes = list(DISPATCH_MODES)
     if settings.bench_modes:
         modes.append(BASELINE_MODE)
-    user_id = {
-        "name": "user_id",
+    status_token = {
+        "name": "token",
         "in": "path",
         "required": True,
-        "description": "The user's id, as returned when it was created.",
+        "description": "The status token returned once, when the user was created "
+        "(`status_token`, and the `Location` header). The user's id opens nothing.",
         "schema": {"type": "string", "minLength": 1},
     }
     return {
@@ -92,8 +93,18 @@ def build_document(settings: Settings) -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "How the notifications are sent; the server's "
-                            f"default is {settings.dispatch_mode}.",
-                            "schema": {"type": "string", "enum": modes},
+                            f"default is {settings.dispatch_mode}. "
+                            + (
+                                "Clients may choose (ALLOW_CLIENT_MODE)."
+                                if settings.clients_choose_mode
+                                else "Set by the operator: any other value is refused (400)."
+                            ),
+                            "schema": {
+                                "type": "string",
+                                "enum": modes
+                                if settings.clients_choose_mode
+                                else [settings.dispatch_mode],
+                            },
                         }
                     ],
                     "requestBody": {"required": True, "content": _json(_ref("NewUser"))},
@@ -102,7 +113,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
                             "description": "Registered.",
                             "headers": {
                                 "Location": {
-                                    "description": "The new user's URL.",
+                                    "description": "The new user's status URL (it holds "
+                                    "the status token).",
                                     "required": True,
                                     "schema": {"type": "string"},
                                 },
@@ -117,18 +129,18 @@ def build_document(settings: Settings) -> dict[str, Any]:
                     },
                 }
             },
-            "/api/users/{user_id}": {
+            "/api/status/{token}": {
                 "get": {
-                    "operationId": "getUser",
+                    "operationId": "getStatus",
                     "summary": "A user, its verification state and its notifications",
-                    "parameters": [user_id],
+                    "parameters": [status_token],
                     "responses": {
                         "200": {"description": "The user.", "content": _json(_ref("UserEnvelope"))},
                         **_common_errors(404, 500, 503),
                     },
                 }
             },
-            "/api/users/{user_id}/verify-phone": {
+            "/api/status/{token}/verify-phone": {
                 "post": {
                     "operationId": "verifyPhone",
                     "summary": "Confirm the phone number with the code from the SMS",
@@ -137,11 +149,33 @@ def build_document(settings: Settings) -> dict[str, Any]:
                         f"a code expires {settings.sms_code_max_age // 60} minutes after it "
                         "was sent."
                     ),
-                    "parameters": [user_id],
+                    "parameters": [status_token],
                     "requestBody": {"required": True, "content": _json(_ref("PhoneCode"))},
                     "responses": {
                         "200": {
                             "description": "The phone number is confirmed.",
+                            "content": _json(_ref("UserEnvelope")),
+                        },
+                        **_common_errors(400, 404, 409, 410, 413, 415, 429, 500, 503),
+                    },
+                }
+            },
+            "/api/status/{token}/resend": {
+                "post": {
+                    "operationId": "resend",
+                    "summary": "Send a new email link or SMS code",
+                    "description": (
+                        f"At most {settings.resend_max} resends per user (both channels), "
+                        f"{settings.resend_cooldown_seconds} s apart (429 with Retry-After "
+                        "before; 410 once all are used). A new SMS code replaces the old one "
+                        "and its attempts start again. The new message is a new notification "
+                        "(it appears in `notifications`); over an SMS budget it is `held`."
+                    ),
+                    "parameters": [status_token],
+                    "requestBody": {"required": True, "content": _json(_ref("ResendRequest"))},
+                    "responses": {
+                        "202": {
+                            "description": "A new message is on its way.",
                             "content": _json(_ref("UserEnvelope")),
                         },
                         **_common_errors(400, 404, 409, 410, 413, 415, 429, 500, 503),
@@ -215,7 +249,14 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "id": {"type": "string"},
                 "channel": {"type": "string", "enum": list(CHANNELS)},
-                "status": {"type": "string", "enum": list(NOTIFICATION_STATUSES)},
+                "status": {
+                    "type": "string",
+                    "enum": list(NOTIFICATION_STATUSES),
+                    "description": "pending, queued: on its way; sent; failed: given up; "
+                    "skipped: the benchmark's baseline; held: an SMS over the operator's SMS "
+                    "budget, kept and sent once an operator releases it (`last_error` says "
+                    "which budget).",
+                },
                 "attempts": {"type": "integer", "minimum": 0},
                 "last_error": nullable_string,
                 "sent_at": {
@@ -255,6 +296,11 @@ def _schemas() -> dict[str, Any]:
                 "notifications": {"type": "array", "items": _ref("Notification")},
             },
         },
+        "ResendRequest": {
+            "type": "object",
+            "required": ["channel"],
+            "properties": {"channel": {"type": "string", "enum": list(CHANNELS)}},
+        },
         "UserEnvelope": {
             "type": "object",
             "required": ["user"],
@@ -263,8 +309,15 @@ def _schemas() -> dict[str, Any]:
         },
         "Created": {
             "type": "object",
-            "required": ["user", "mode"],
+            "required": ["user", "mode", "status_token"],
             "additionalProperties": False,
-            "properties": {"user": _ref("User"), "mode": {"type": "string"}},
+            "properties": {
+                "user": _ref("User"),
+                "mode": {"type": "string"},
+                "status_token": {
+                    "type": "string",
+                    "description": "Opens GET /api/status/{token}; shown this once only.",
+                },
+            },
         },
     }

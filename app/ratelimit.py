@@ -24,51 +24,23 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from flask import request
-from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import TooManyRequests
 
 from app.config import ConfigError, Settings
+from app.counters import Rate, count_hit
+
+__all__ = ["Rate", "RateLimited", "RateLimiter", "client_address", "limit"]
 from app.extension import offload
-from app.models import RateLimitCounter
 
 log = logging.getLogger(__name__)
 
 REGISTRATIONS = "registrations"
 VERIFICATIONS = "verifications"
-
-_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-
-
-@dataclass(frozen=True)
-class Rate:
-    """At most `limit` hits per `period` seconds."""
-
-    limit: int
-    period: int
-
-    @classmethod
-    def parse(cls, text: str, *, setting: str = "rate") -> Rate:
-        """Read "10/minute" (or /second, /hour, /day; a plural is fine too)."""
-        count, _, unit = text.strip().partition("/")
-        unit = unit.strip().lower().removesuffix("s")
-        count = count.strip()
-        if not (count.isascii() and count.isdigit()) or unit not in _PERIODS or int(count) < 1:
-            raise ConfigError(
-                f"{setting} must look like 10/minute (per second, minute, hour or day), "
-                f"not {text!r}"
-            )
-        return cls(limit=int(count), period=_PERIODS[unit])
-
-    def __str__(self) -> str:
-        unit = next(name for name, seconds in _PERIODS.items() if seconds == self.period)
-        return f"{self.limit}/{unit}"
 
 
 @dataclass(frozen=True)
@@ -122,7 +94,7 @@ class RateLimiter:
         end = start + rate.period
         try:
             with self.engine.begin() as connection:
-                hits = _count(connection, f"{name}:{client}"[:200], start, end, now)
+                hits = count_hit(connection, f"{name}:{client}"[:200], start, end, now)
         except SQLAlchemyError:
             # Fail open: a limit that cannot be counted must not take the service down with it.
             # The request goes on to the same database and fails there if it is really down.
@@ -135,31 +107,6 @@ class RateLimiter:
         if hits <= rate.limit:
             return Decision(True, rate.limit, rate.limit - hits, 0)
         return Decision(False, rate.limit, 0, max(1, math.ceil(end - now)))
-
-
-def _count(connection: Connection, bucket: str, start: float, end: float, now: float) -> int:
-    # Both dialects spell the upsert the same way; only the construct's module differs.
-    insert: Any = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    counter = RateLimitCounter
-    statement = (
-        insert(counter)
-        .values(bucket=bucket, window_start=_utc(start), window_end=_utc(end), hits=1)
-        .on_conflict_do_update(
-            index_elements=[counter.bucket, counter.window_start],
-            set_={"hits": counter.hits + 1},
-        )
-        .returning(counter.hits)
-    )
-    hits: int = connection.execute(statement).scalar_one()
-    if hits == 1:
-        # The first hit of a window: a good moment to drop the windows that have closed, so the
-        # table stays as small as the number of clients seen in the last period.
-        connection.execute(delete(counter).where(counter.window_end <= _utc(now)))
-    return hits
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
 
 
 def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_proxies: int) -> str:

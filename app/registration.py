@@ -14,15 +14,25 @@ from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import insert, or_, select
+from sqlalchemy import delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
+from app.db import database_now
 from app.jobs import EmailJob, SmsJob, job_to_dict
-from app.models import Notification, User, new_id, utcnow
-from app.verification import hash_sms_code, make_email_token, make_sms_code
+from app.ledger import new_lease_token
+from app.models import Notification, User, email_key, new_id, utcnow
+from app.smsbudget import HELD, SmsBudgets, charge_sms, sms_budgets
+from app.verification import (
+    hash_sms_code,
+    hash_status_token,
+    make_email_token,
+    make_sms_code,
+    make_status_token,
+)
 
 if TYPE_CHECKING:
     from app.dispatch import Dispatcher
@@ -61,6 +71,9 @@ class Registered:
     user: User
     notifications: list[Notification]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    mode: str = ""  # the dispatch mode used (register_and_notify)
+    # Opens the user's status (API); handed out once, here, and stored only hashed.
+    status_token: str = ""
 
 
 def _text(data: Mapping[str, Any], key: str) -> str | None:
@@ -110,26 +123,57 @@ def validate_registration(data: Mapping[str, Any]) -> Registration:
     return Registration(name=name, email=email, phone=phone)
 
 
+def _holders(registration: Registration) -> ColumnElement[bool]:
+    """The users holding this registration's address or number."""
+    return or_(User.email_key == email_key(registration.email), User.phone == registration.phone)
+
+
 def _duplicate_fields(session: Session, registration: Registration) -> dict[str, str]:
-    taken = session.execute(
-        select(User.email, User.phone).where(
-            or_(User.email == registration.email, User.phone == registration.phone)
-        )
-    ).all()
+    taken = session.execute(select(User.email_key, User.phone).where(_holders(registration))).all()
     fields: dict[str, str] = {}
-    if any(row.email == registration.email for row in taken):
+    if any(row.email_key == email_key(registration.email) for row in taken):
         fields["email"] = "This email address is already registered."
     if any(row.phone == registration.phone for row in taken):
         fields["phone"] = "This phone number is already registered."
     return fields or {"email": "This email address or phone number is already registered."}
 
 
-def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
-    email_id, sms_id = new_id(), new_id()
-    token = make_email_token(settings.secret_key, user.id, user.email)
+def _release_expired(session: Session, settings: Settings, registration: Registration) -> bool:
+    """Delete the registrations holding this address or number that were never verified and
+    have expired (UNVERIFIED_EXPIRY_SECONDS); whether any was. Runs only after the unique index
+    refused a registration, never on the normal path. The caller commits.
+
+    "Verified" means both the email address and the phone number: one person could otherwise
+    hold another's number for ever by verifying only their own address. The outbox rows go
+    with the user (ON DELETE CASCADE).
+    """
+    cutoff = utcnow() - timedelta(seconds=settings.unverified_expiry_seconds)
+    deleted = session.execute(
+        delete(User)
+        .where(
+            _holders(registration),
+            User.created_at < cutoff,
+            or_(User.email_verified_at.is_(None), User.phone_verified_at.is_(None)),
+        )
+        .returning(User.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return bool(deleted)
+
+
+def sms_text(settings: Settings, code: str) -> str:
+    return (
+        f"Your Offload verification code is {code}. It expires in "
+        f"{settings.sms_code_max_age // 60} minutes."
+    )
+
+
+def email_job(settings: Settings, user: User, notification_id: str) -> EmailJob:
+    """The email with the confirmation link (at registration, and on a resend)."""
+    token = make_email_token(settings.secret_key, user.email_verification_id or "", user.email)
     link = f"{settings.base_url.rstrip('/')}/verify-email/{token}"
-    email = EmailJob(
-        notification_id=email_id,
+    return EmailJob(
+        notification_id=notification_id,
         to=user.email,
         subject="Welcome to Offload: confirm your email address",
         text=(
@@ -139,12 +183,12 @@ def build_notifications(settings: Settings, user: User, sms_code: str) -> list[N
             f"The link works for {settings.verification_max_age // 3600} hours.\n"
         ),
     )
-    sms = SmsJob(
-        notification_id=sms_id,
-        to=user.phone,
-        body=f"Your Offload verification code is {sms_code}. It expires in "
-        f"{settings.sms_code_max_age // 60} minutes.",
-    )
+
+
+def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
+    email_id, sms_id = new_id(), new_id()
+    email = email_job(settings, user, email_id)
+    sms = SmsJob(notification_id=sms_id, to=user.phone, body=sms_text(settings, sms_code))
     return [
         Notification(id=email_id, user_id=user.id, channel="email", payload=job_to_dict(email)),
         Notification(id=sms_id, user_id=user.id, channel="sms", payload=job_to_dict(sms)),
@@ -158,6 +202,8 @@ def register_user(
     *,
     initial_status: str = "pending",
     initial_error: str | None = None,
+    send_lease_seconds: float = 0.0,
+    sms_budgets: SmsBudgets | None = None,
 ) -> Registered:
     """Write the user and its two outbox rows in one transaction, and commit.
 
@@ -165,7 +211,11 @@ def register_user(
     one commit is all a registration needs, and the unit of work cost more CPU than everything
     else on the request path together. `initial_status` is decided by the caller before the
     commit (the insert-only baseline writes its rows `skipped`), so no second transaction is
-    needed to close them. The objects returned are detached copies for the response.
+    needed to close them. With `sms_budgets`, the SMS is counted against them in the same
+    transaction and written `held` when over one. With `send_lease_seconds` (serial and
+    parallel modes, which send inline) the rows are written already holding a send lease,
+    timed by the database's clock, so no consumer sends a relayed copy while the request sends
+    its own. The objects returned are detached copies for the response.
 
     The unique indexes decide whether the email or phone is taken, so two simultaneous
     registrations of the same address cannot both succeed.
@@ -177,48 +227,85 @@ def register_user(
         id=new_id(),
         name=registration.name,
         email=registration.email,
+        email_key=email_key(registration.email),
         phone=registration.phone,
         created_at=now,
         sms_code_attempts=0,
         email_verified_at=None,
         phone_verified_at=None,
+        email_verification_id=new_id(),
     )
+    status_token = make_status_token()
+    user.status_token_hash = hash_status_token(status_token)
     user.sms_code_hash = hash_sms_code(settings.secret_key, user.id, code)
     user.sms_code_expires_at = now + timedelta(seconds=settings.sms_code_max_age)
     notifications = build_notifications(settings, user, code)
+    lease_token = new_lease_token() if send_lease_seconds > 0 else None
     for notification in notifications:
+        notification.send_lease_token = lease_token
         notification.status = initial_status
         notification.last_error = initial_error
         notification.attempts = 0
         notification.created_at = now
         notification.queued_at = notification.sent_at = None
-    connection = session.connection()
-    try:
+    insert_notifications = insert(Notification)
+    if lease_token is not None:
+        insert_notifications = insert_notifications.values(
+            send_lease_until=database_now(send_lease_seconds)
+        )
+
+    sms = next(n for n in notifications if n.channel == "sms")
+
+    def write() -> None:
+        connection = session.connection()
+        if sms_budgets is not None:
+            # Counted here, in the registration's own transaction: a refused (rolled back)
+            # registration costs no budget, and no extra transaction is spent.
+            held = charge_sms(connection, sms_budgets, user.phone)
+            sms.status, sms.last_error = (HELD, held) if held else (initial_status, initial_error)
         connection.execute(insert(User), [_columns(user, USER_COLUMNS)])
         connection.execute(
-            insert(Notification), [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
+            insert_notifications, [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
         )
         session.commit()
+
+    try:
+        write()
     except IntegrityError:
         session.rollback()
-        raise AlreadyRegistered(
-            "Already registered.", _duplicate_fields(session, registration)
-        ) from None
+        try:
+            # An expired, unverified registration may hold the address: it gives way.
+            if not _release_expired(session, settings, registration):
+                raise
+            write()
+        except IntegrityError:
+            session.rollback()
+            raise AlreadyRegistered(
+                "Already registered.", _duplicate_fields(session, registration)
+            ) from None
     # Detached and complete: the response reads them without touching the database again.
     set_committed_value(user, "notifications", notifications)
     elapsed = (time.perf_counter() - started) * 1000
-    return Registered(user=user, notifications=notifications, timings_ms={"db": elapsed})
+    return Registered(
+        user=user,
+        notifications=notifications,
+        timings_ms={"db": elapsed},
+        status_token=status_token,
+    )
 
 
 USER_COLUMNS = (
     "id",
     "name",
     "email",
+    "email_key",
     "phone",
     "created_at",
     "sms_code_hash",
     "sms_code_expires_at",
     "sms_code_attempts",
+    "status_token_hash",
+    "email_verification_id",
 )
 NOTIFICATION_COLUMNS = (
     "id",
@@ -229,6 +316,7 @@ NOTIFICATION_COLUMNS = (
     "attempts",
     "last_error",
     "created_at",
+    "send_lease_token",
 )
 
 
@@ -241,24 +329,65 @@ def register_and_notify(
     settings: Settings,
     dispatcher: Dispatcher,
     data: Mapping[str, Any],
-    mode: str,
+    requested_mode: str | None,
 ) -> Registered:
-    """The whole use case, shared by the API and the form: validate, store, hand off."""
-    allowed = (*DISPATCH_MODES, BASELINE_MODE) if settings.bench_modes else DISPATCH_MODES
-    if mode not in allowed:
-        raise InvalidRegistration(
-            "Unknown dispatch mode.", {"mode": f"Use one of: {', '.join(allowed)}."}
-        )
+    """The whole use case, shared by the API and the form: validate, store, hand off.
+
+    `requested_mode` is what the client asked for (`?mode=`, the form's menu), or None.
+    """
+    mode = choose_mode(settings, requested_mode)
+    registration = validate_registration(data)
+    check_country(settings, registration)
     initial_status, initial_error = dispatcher.initial_status(mode)
     registered = register_user(
         session,
         settings,
-        validate_registration(data),
+        registration,
         initial_status=initial_status,
         initial_error=initial_error,
+        send_lease_seconds=dispatcher.inline_lease_seconds(mode),
+        sms_budgets=sms_budgets(settings) if initial_status == "pending" else None,
     )
-    registered.timings_ms.update(dispatcher.dispatch(mode, session, registered.notifications))
+    registered.mode = mode
+    to_send = [n for n in registered.notifications if n.status != HELD]
+    registered.timings_ms.update(dispatcher.dispatch(mode, session, to_send))
     return registered
+
+
+def choose_mode(settings: Settings, requested: str | None) -> str:
+    """The dispatch mode of a registration: DISPATCH_MODE, or the client's choice where the
+    operator lets clients choose (ALLOW_CLIENT_MODE; in development by default). The mode
+    decides what a registration costs (inline sends hold a web greenlet for two sends), so in
+    production it is the operator's to pick."""
+    if requested is None or requested == settings.dispatch_mode:
+        return settings.dispatch_mode
+    if not settings.clients_choose_mode:
+        raise InvalidRegistration(
+            "The dispatch mode is set by the operator.",
+            {"mode": f"Leave the mode out: this service uses {settings.dispatch_mode}."},
+        )
+    allowed = (*DISPATCH_MODES, BASELINE_MODE) if settings.bench_modes else DISPATCH_MODES
+    if requested not in allowed:
+        raise InvalidRegistration(
+            "Unknown dispatch mode.", {"mode": f"Use one of: {', '.join(allowed)}."}
+        )
+    return requested
+
+
+def check_country(settings: Settings, registration: Registration) -> None:
+    """Refuse a number from a country the operator does not send SMS to (any by default)."""
+    allowed = settings.sms_allowed_countries
+    if not allowed:
+        return
+    region = phonenumbers.region_code_for_number(phonenumbers.parse(registration.phone))
+    if region not in allowed:
+        raise InvalidRegistration(
+            "Some fields are missing or invalid.",
+            {
+                "phone": f"We cannot send text messages to numbers from this country ({region}). "
+                f"Use a mobile number from: {', '.join(allowed)}."
+            },
+        )
 
 
 def describe_user(user: User) -> dict[str, Any]:

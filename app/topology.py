@@ -47,11 +47,24 @@ def declare_topology(
     channel.exchange_declare(JOBS_EXCHANGE, exchange_type="direct", durable=True)
     channel.exchange_declare(PARKED_EXCHANGE, exchange_type="direct", durable=True)
     base_args: dict[str, Any] = {"x-queue-type": queue_type}
+    # Queues that dead-letter: a classic queue does it at most once (a dead-lettered message
+    # that cannot be delivered is lost; the relay's sweeper finds its row). A quorum queue can
+    # do it at least once, which RabbitMQ allows only with overflow reject-publish (with the
+    # default drop-head it falls back to at most once).
+    dead_lettering: dict[str, Any] = (
+        {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        if queue_type == "quorum"
+        else {}
+    )
     for name in CHANNELS:
         channel.queue_declare(
             work_queue(name),
             durable=True,
-            arguments={**base_args, "x-dead-letter-exchange": PARKED_EXCHANGE},
+            arguments={
+                **base_args,
+                **dead_lettering,
+                "x-dead-letter-exchange": PARKED_EXCHANGE,
+            },
         )
         channel.queue_bind(work_queue(name), JOBS_EXCHANGE, routing_key=name)
         channel.queue_declare(parked_queue(name), durable=True, arguments=dict(base_args))
@@ -64,6 +77,7 @@ def declare_topology(
                 durable=True,
                 arguments={
                     **base_args,
+                    **dead_lettering,
                     "x-message-ttl": delay,
                     "x-dead-letter-exchange": JOBS_EXCHANGE,
                     "x-dead-letter-routing-key": name,

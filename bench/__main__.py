@@ -3,6 +3,8 @@
     python -m bench                                    # the default run, a few minutes
     python -m bench --concurrency 1,10 --duration 2    # shorter
     python -m bench --report bench-results/results.json  # re-print and redraw, no run
+    python -m bench --servers wsgi                     # only `python wsgi.py`, not gunicorn too
+    python -m bench --flame docs/                      # py-spy flame graphs, no run
 
 Progress goes to stderr, one line per finished slice; the table to stdout; results.json and the
 PNG charts to --out. docs/benchmark.md explains every figure.
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from app.bench_results import RESULTS_FILE
-from bench.aggregate import MODES
+from bench.aggregate import MODES, SERVERS
 from bench.runner import BenchOptions
 
 
@@ -42,6 +44,16 @@ def _modes(raw: str) -> tuple[str, ...]:
     if unknown or not modes:
         raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)}; not {unknown or raw!r}")
     return tuple(mode for mode in MODES if mode in modes)
+
+
+def _servers(raw: str) -> tuple[str, ...]:
+    servers = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    unknown = [server for server in servers if server not in SERVERS]
+    if unknown or not servers:
+        raise argparse.ArgumentTypeError(
+            f"servers are {', '.join(SERVERS)}; not {unknown or raw!r}"
+        )
+    return servers
 
 
 def _positive(raw: str) -> float:
@@ -152,6 +164,42 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"email jobs per side for the Celery comparison; 0 skips (default {d.peer_jobs})",
     )
     parser.add_argument(
+        "--dispatch-jobs",
+        type=int,
+        default=200,
+        metavar="N",
+        help="jobs per cell of the round-robin / fair-dispatch part (bench.dispatch, its own "
+        "brokers); 0 skips it and the consumer-scaling part (default 200)",
+    )
+    parser.add_argument(
+        "--servers",
+        type=_servers,
+        default=d.servers,
+        help="the web shapes to sweep, in order: wsgi (python wsgi.py), gunicorn (the "
+        "Procfile's line); the extras run on the first (default wsgi,gunicorn)",
+    )
+    parser.add_argument(
+        "--hub-block-ms",
+        type=_non_negative,
+        default=d.hub_block_ms,
+        help=f"count the web's event-loop stalls longer than this (HUB_BLOCK_REPORT_MS); "
+        f"0 does not count (default {d.hub_block_ms:g})",
+    )
+    parser.add_argument(
+        "--flame",
+        type=Path,
+        metavar="DIR",
+        help="instead of a run: py-spy flame graphs of the web and the email consumer under "
+        "queued load at the highest --concurrency, written to DIR/flame-web.svg and "
+        "DIR/flame-consumer-email.svg",
+    )
+    parser.add_argument(
+        "--flame-duration",
+        type=_positive,
+        default=15.0,
+        help="seconds py-spy records for --flame (default 15)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=d.out,
@@ -210,6 +258,7 @@ def cluster_options(options: BenchOptions) -> BenchOptions:
     return replace(
         options,
         cluster=True,
+        servers=("gunicorn",),  # the Procfile's web line, as the cluster runs it
         nagle_duration=0,
         peer_jobs=0,
         out=options.out / "cluster",
@@ -244,20 +293,38 @@ def main(argv: list[str] | None = None) -> int:
         burst_requests=max(args.burst, 0),
         burst_concurrency=args.burst_concurrency,
         peer_jobs=max(args.peer_jobs, 0),
+        servers=args.servers,
+        hub_block_ms=args.hub_block_ms,
         out=args.out,
         run_dir=args.run_dir,
         command=shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
     )
     if args.cluster:
         options = cluster_options(options)
+    from bench.flame import FlameError, record_flame_graphs
     from bench.runner import RunDirError, run_bench
     from devstack.broker_node import BrokerNodeError
     from devstack.cluster import ClusterError
     from devstack.postgres import PostgresError
     from devstack.stack import StackError
 
+    if args.flame:
+        try:
+            written = record_flame_graphs(options, args.flame, args.flame_duration, progress)
+        except (BrokerNodeError, StackError, RunDirError, FlameError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("flame graphs: " + ", ".join(str(path) for path in written))
+        return 0
     try:
         results = run_bench(options, progress)
+        if args.dispatch_jobs > 0:
+            from bench.dispatch import run_dispatch
+
+            progress("dispatch: round-robin against fair dispatch, then consumer scaling")
+            results["dispatch"] = run_dispatch(
+                options.run_dir / "dispatch", args.dispatch_jobs, scaling_jobs=1500
+            )
     except (BrokerNodeError, StackError, RunDirError, ClusterError, PostgresError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

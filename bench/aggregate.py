@@ -16,6 +16,11 @@ from bench.protocol import NOOP, LoadResult
 from bench.stats import finite_or_none, summarize
 
 MODES: tuple[str, ...] = (NOOP, "insert-only", "serial", "parallel", "queued")
+# The web shapes a sweep can run on: what `make run` and the tests use, and the Procfile's line.
+SERVERS: dict[str, str] = {
+    "wsgi": "python wsgi.py (gevent WSGIServer, one process)",
+    "gunicorn": "gunicorn --config gunicorn.conf.py wsgi:app (the Procfile's web line)",
+}
 
 
 @dataclass
@@ -35,11 +40,18 @@ class Slice:
     # CPU seconds per part of the stack over the whole slice (warm-up, and for queued mode the
     # drain, included), and how many requests that covers; None where /proc is missing.
     cpu: cpu.CpuSample | None = None
+    server: str = "wsgi"  # the web's shape, a key of SERVERS
+    # event-loop stalls the web logged over the slice (warm-up and drain included); None: the
+    # run did not count them (--hub-block-ms 0)
+    stalls: int | None = None
+
+    # queued mode: notifications the outbox relay published during the slice (their publish
+    # or its confirm failed), counted in the database once the slice's jobs were recorded
+    relayed: int = 0
 
     @property
     def fallbacks(self) -> int:
-        """Measured requests whose jobs were left to the outbox relay (publish over budget)."""
-        return sum(1 for i in self.ok if self.result.pending and self.result.pending[i])
+        return self.relayed
 
     @property
     def duration_s(self) -> float:
@@ -55,12 +67,13 @@ def _figures(summary: dict[str, float], keys: Sequence[str]) -> dict[str, float 
 
 
 def aggregate(slices: Sequence[Slice]) -> list[dict[str, Any]]:
-    """One point per (mode, concurrency, tcp_nodelay): the rounds' slices pooled."""
-    groups: dict[tuple[str, int, bool], list[Slice]] = {}
+    """One point per (mode, concurrency, tcp_nodelay, server): the rounds' slices pooled."""
+    groups: dict[tuple[str, int, bool, str], list[Slice]] = {}
     for piece in slices:
-        groups.setdefault((piece.mode, piece.concurrency, piece.tcp_nodelay), []).append(piece)
+        key = (piece.mode, piece.concurrency, piece.tcp_nodelay, piece.server)
+        groups.setdefault(key, []).append(piece)
     points = []
-    for (mode, concurrency, nodelay), pieces in groups.items():
+    for (mode, concurrency, nodelay, web), pieces in groups.items():
         latencies = [p.result.latency_ms[i] for p in pieces for i in p.ok]
         duration = sum(p.duration_s for p in pieces)
         error_kinds: dict[str, int] = {}
@@ -81,6 +94,7 @@ def aggregate(slices: Sequence[Slice]) -> list[dict[str, Any]]:
             "mode": mode,
             "concurrency": concurrency,
             "tcp_nodelay": nodelay,
+            "server": web,
             "requests": len(latencies),
             "errors": sum(p.errors for p in pieces),
             "error_kinds": error_kinds,
@@ -99,6 +113,9 @@ def aggregate(slices: Sequence[Slice]) -> list[dict[str, Any]]:
             "queue_depth_peak": None,
             "outbox_fallbacks": sum(p.fallbacks for p in pieces),
             "cpu": cpu_per_request(pieces),
+            "hub_stalls": None
+            if any(p.stalls is None for p in pieces)
+            else sum(p.stalls or 0 for p in pieces),
         }
         if mode == "queued":
             point["delivery_ms"] = {
@@ -155,6 +172,23 @@ def find_point(
         ):
             return point
     return None
+
+
+def server_sweeps(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every server shape's sweep of a run, the first (`points`) first.
+
+    Each: server, label, workers, points, ratios. Results from before the gunicorn sweep have
+    only `points`, taken to be `python wsgi.py`'s.
+    """
+    meta = results.get("meta") or {}
+    first = {
+        "server": meta.get("server", "wsgi"),
+        "label": SERVERS.get(meta.get("server", "wsgi")),
+        "workers": 1,
+        "points": results["points"],
+        "ratios": results.get("ratios") or [],
+    }
+    return [first, *(results.get("other_servers") or [])]
 
 
 def ratios(points: Sequence[dict[str, Any]], levels: Sequence[int]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ COLOURS = {
 CHANNEL_COLOURS = {"email": "#1e7a3a", "sms": "#8e44ad"}
 
 
-def _save(figure: Figure, out: Path, name: str, title: str, alt: str) -> dict[str, Any]:
+def save_chart(figure: Figure, out: Path, name: str, title: str, alt: str) -> dict[str, Any]:
     figure.tight_layout()
     path = out / name
     figure.savefig(path, dpi=DPI)
@@ -97,7 +97,7 @@ def latency_chart(results: dict[str, Any], out: Path) -> dict[str, Any]:
         f"(sinks {results['meta']['sink_delay_ms']:g} ms each; dashed: textbook)",
         fontsize=10,
     )
-    return _save(
+    return save_chart(
         figure,
         out,
         "latency.png",
@@ -161,7 +161,7 @@ def burst_chart(burst: dict[str, Any], out: Path) -> dict[str, Any]:
             "(publish over its time budget)"
         )
     figure.suptitle(title, fontsize=10)
-    return _save(
+    return save_chart(
         figure,
         out,
         "burst.png",
@@ -197,7 +197,7 @@ def depth_chart(results: dict[str, Any], out: Path) -> dict[str, Any]:
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.suptitle("Queue depth during the sweep", fontsize=10)
-    return _save(
+    return save_chart(
         figure,
         out,
         "queue_depth.png",
@@ -214,4 +214,8 @@ def draw_all(results: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         charts.append(burst_chart(results["burst"], out))
     if results.get("queue_depth", {}).get("t"):
         charts.append(depth_chart(results, out))
+    if results.get("dispatch"):
+        from bench.dispatch import draw
+
+        charts += draw(results["dispatch"], out)
     return charts

@@ -80,6 +80,7 @@ class ClusterBenchStack:
         )
         self.node = None
         self.nodes = cluster.nodes
+        self.server = "gunicorn"  # what the bench's session would otherwise switch to
 
     def __enter__(self) -> ClusterBenchStack:
         self.cluster.start()

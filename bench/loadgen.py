@@ -77,19 +77,6 @@ class Client:
         return response.status, parse_server_timing(timing) if timing else {}, content
 
 
-def left_pending(content: bytes) -> int:
-    """How many of the user's notifications the server left to the outbox relay.
-
-    A queued registration answers 201 either way; its notifications say `queued` when the
-    broker confirmed within the publish budget and `pending` when it did not.
-    """
-    try:
-        notifications = json.loads(content)["user"]["notifications"]
-    except (ValueError, KeyError, TypeError):
-        return 0
-    return sum(1 for n in notifications if n.get("status") == "pending")
-
-
 def run(spec: LoadSpec) -> LoadResult:
     users = UserFactory(spec.nonce, spec.offset)
     expected_status = 200 if spec.mode == NOOP else 201
@@ -129,17 +116,14 @@ def run(spec: LoadSpec) -> LoadResult:
                 wall = time.time()
                 begun = time.perf_counter()
                 try:
-                    status, steps, content = client.request(body)
+                    status, steps, _content = client.request(body)
                 except (OSError, http.client.HTTPException) as exc:
-                    status, steps, content = 0, {}, b""
+                    status, steps = 0, {}
                     errors[type(exc).__name__] += 1
                     client.close()
                 elapsed_ms = (time.perf_counter() - begun) * 1000
                 if status and status != expected_status:
                     errors[f"HTTP {status}"] += 1
-                result.pending.append(
-                    left_pending(content) if spec.mode == "queued" and status == 201 else 0
-                )
                 result.start.append(wall)
                 result.latency_ms.append(elapsed_ms)
                 result.status.append(status)

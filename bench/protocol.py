@@ -48,8 +48,6 @@ class LoadResult:
     latency_ms: list[float] = field(default_factory=list)
     status: list[int] = field(default_factory=list)  # HTTP status; 0 when the request failed
     index: list[int] = field(default_factory=list)  # user index; -1 for the no-op endpoint
-    # queued mode: notifications left pending for the outbox relay (publish over its budget)
-    pending: list[int] = field(default_factory=list)
     # Server-Timing steps (db, publish, email, sms), one column each; None where absent.
     steps: dict[str, list[float | None]] = field(default_factory=dict)
     error_kinds: dict[str, int] = field(default_factory=dict)

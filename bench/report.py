@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.aggregate import find_point
+from bench.aggregate import SERVERS, find_point, server_sweeps
 
 
 def _ms(value: float | None, width: int = 7) -> str:
@@ -31,9 +31,9 @@ def latency_table(
     show_textbook_at: int | None,
 ) -> list[str]:
     lines = [
-        "                       latency (ms)                                textbook     "
+        "                       latency (ms)                                hub     textbook     "
         "delivery lag (ms)   queue",
-        "   c  mode           p50      p95      p99    req/s  errors      ms  req/s    "
+        "   c  mode           p50      p95      p99    req/s  errors  stalls      ms  req/s    "
         "p50      p99       peak",
     ]
     level = None
@@ -46,7 +46,7 @@ def latency_table(
         row = (
             f"{point['concurrency']:>4}  {point['mode']:<11} {_ms(latency['p50'], 8)} "
             f"{_ms(latency['p95'], 8)} {_ms(latency['p99'], 8)} {_num(point['rps'], 8)} "
-            f"{point['errors']:>7} "
+            f"{point['errors']:>7} {_num(point.get('hub_stalls'), 7)} "
             f"{_num(book['ms'] if book else None, 7)} {_num(book['rps'] if book else None, 6)}"
         )
         delivery = point.get("delivery_ms")
@@ -130,6 +130,50 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def ratio_table(rows: Sequence[dict[str, Any]], book: dict[str, dict[str, float]]) -> list[str]:
+    lines = [
+        "",
+        "ratios                         p50 latency            req/s, queued over the other",
+        "                             measured  textbook        measured  textbook",
+    ]
+    for row in rows:
+        for mode in ("serial", "parallel"):
+            latency_book = book[mode]["ms"] / book["queued"]["ms"]
+            rps_book = book["queued"]["rps"] / book[mode]["rps"]
+            lines.append(
+                f"  c={row['concurrency']:<4} {mode + ' / queued':<18} "
+                f"{_ratio(row[f'{mode}_over_queued'])}     {latency_book:4.1f}x         "
+                f"{_ratio(row[f'queued_rps_over_{mode}'])}     {rps_book:4.1f}x"
+            )
+    return lines
+
+
+def peer_table(peer: dict[str, Any], how: str) -> list[str]:
+    lines = [
+        "",
+        f"Celery peer, sink {peer['sink_delay_ms']:g} ms ({how}): {peer['jobs_per_side']} "
+        f"welcome emails each, concurrency {peer['concurrency']}, prefetch {peer['prefetch']} "
+        f"(rounds {' '.join(peer['order'])})",
+        "                                   publish p50    p99    drain jobs/s",
+    ]
+    for side, label in (
+        ("offload", "Offload (outbox; confirm later)"),
+        ("celery", "Celery delay() (confirm_publish)"),
+    ):
+        figures = peer[side]
+        lines.append(
+            f"  {label:<32} {_ms(figures['publish_ms']['p50'], 8)} "
+            f"{_ms(figures['publish_ms']['p99'], 7)}  {_num(figures['drain_jobs_per_s'], 10)}"
+        )
+    waited = peer["offload"].get("publish_confirmed_ms")
+    if waited:
+        lines.append(
+            f"  {'Offload, waiting for the confirm':<32} {_ms(waited['p50'], 8)} "
+            f"{_ms(waited['p99'], 7)}  (the broker's round trip; shown, not a target)"
+        )
+    return lines
+
+
 def render(results: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
     meta = results["meta"]
     host = meta["host"]
@@ -146,27 +190,29 @@ def render(results: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
         f"{meta['options']['rounds']} rounds x {meta['options']['duration']:g}s per point",
         "",
     ]
-    out += latency_table(points, results["textbook"], show_textbook_at=low)
+    stalls = meta.get("hub_block_ms")
+    for n, sweep in enumerate(server_sweeps(results)):
+        label = sweep.get("label") or SERVERS.get(sweep["server"], sweep["server"])
+        workers = f", {sweep['workers']} workers" if sweep.get("workers", 1) > 1 else ""
+        out += (
+            [f"== web: {label}{workers} ==", ""]
+            if n == 0
+            else ["", f"== web: {label}{workers} ==", ""]
+        )
+        out += latency_table(sweep["points"], results["textbook"], show_textbook_at=low)
+        out += ratio_table(sweep["ratios"], results["textbook"])
+        out += cpu_table(sweep["points"])
     out += [
         "",
         "  noop = GET /noop (the ceiling of server + load generator); insert-only = the same "
         "registration with no notification.",
         "  delivery lag = request start until the later of the email and the SMS reached its "
         "sink (add the sink's own delay for acceptance).",
-        "",
-        "ratios                         p50 latency            req/s, queued over the other",
-        "                             measured  textbook        measured  textbook",
+        f"  hub stalls = times the web's event loop was held over {stalls:g} ms during the point "
+        "(warm-up and drain included; one log line each from gevent's monitor thread)."
+        if stalls
+        else "  hub stalls: not counted (--hub-block-ms 0).",
     ]
-    book = results["textbook"]
-    for row in results["ratios"]:
-        for mode in ("serial", "parallel"):
-            latency_book = book[mode]["ms"] / book["queued"]["ms"]
-            rps_book = book["queued"]["rps"] / book[mode]["rps"]
-            out.append(
-                f"  c={row['concurrency']:<4} {mode + ' / queued':<18} "
-                f"{_ratio(row[f'{mode}_over_queued'])}     {latency_book:4.1f}x         "
-                f"{_ratio(row[f'queued_rps_over_{mode}'])}     {rps_book:4.1f}x"
-            )
     server = [
         (p["mode"], p["concurrency"], p["server_ms"])
         for p in points
@@ -178,7 +224,6 @@ def render(results: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
             parts = "  ".join(f"{step} {_ms(value, 0).strip()}" for step, value in steps.items())
             out.append(f"  {mode:<11} {parts}")
 
-    out += cpu_table(points)
     out += diagnostics(results)
 
     nagle = results.get("nagle") or []
@@ -215,8 +260,8 @@ def render(results: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
         )
         if burst.get("left_to_relay"):
             out.append(
-                f"  {burst['left_to_relay']} of them answered with their jobs left to the outbox "
-                "relay (no confirm within the publish budget)"
+                f"  {burst['left_to_relay']} of their jobs were published by the outbox relay "
+                "(the request's publish or its confirm failed)"
             )
         for channel, figures in burst["channels"].items():
             out.append(
@@ -228,23 +273,16 @@ def render(results: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
 
     peer = results.get("peer")
     if peer:
-        out += [
-            "",
-            f"Celery peer: {peer['jobs_per_side']} welcome emails each, concurrency "
-            f"{peer['concurrency']}, prefetch {peer['prefetch']}, "
-            f"sink {peer['sink_delay_ms']:g} ms "
-            f"(rounds {' '.join(peer['order'])})",
-            "                                   publish p50    p99    drain jobs/s",
-        ]
-        for side, label in (
-            ("offload", "Offload (pika, confirms)"),
-            ("celery", "Celery delay() (confirm_publish)"),
-        ):
-            figures = peer[side]
-            out.append(
-                f"  {label:<32} {_ms(figures['publish_ms']['p50'], 8)} "
-                f"{_ms(figures['publish_ms']['p99'], 7)}  {_num(figures['drain_jobs_per_s'], 10)}"
+        out += peer_table(peer, "consumer running while the jobs are published")
+        if peer.get("zero_delay"):
+            out += peer_table(
+                peer["zero_delay"],
+                "pure overhead: jobs published with the consumer stopped, then drained",
             )
+    if results.get("dispatch"):
+        from bench.dispatch import report_lines
+
+        out += report_lines(results["dispatch"])
 
     if targets:
         out += ["", "targets"]

@@ -3,13 +3,19 @@
 Order of a run (every part bounded; every process ours and stopped at the end):
 
 1. the stack on free ports in `--run-dir`: private RabbitMQ node, SMTP and SMS sinks at
-   `--delay-ms`, migrations, web (gevent WSGIServer), email and SMS consumers, relay;
-2. the sweep: `--rounds` rounds; in each, every concurrency level, and at each level every mode
-   for `--duration / --rounds` seconds after `--warmup`; the mode order rotates each round so no
-   mode always runs first or right after another (drift and after-effects hit all alike);
-   after a queued slice the run waits until the sinks have every message, for the delivery lag;
-3. without TCP_NODELAY: the web server restarted without it, each mode at concurrency 1;
-4. the burst (bench/burst.py) and the Celery peer (bench/peer.py).
+   `--delay-ms`, migrations, web (gevent WSGIServer), email and SMS consumers, relay; the web
+   counts event-loop stalls over `--hub-block-ms` (HUB_BLOCK_REPORT_MS), one log line each;
+2. the sweep, with the web as the first of `--servers`: `--rounds` rounds; in each, every
+   concurrency level, and at each level every mode for `--duration / --rounds` seconds after
+   `--warmup`; the mode order rotates each round so no mode always runs first or right after
+   another (drift and after-effects hit all alike); after a queued slice the run waits until
+   the sinks have every message (the delivery lag) and the consumers have recorded every job
+   (so the CPU they spent on that slice's jobs is inside its sample);
+3. the extras on that server: the paced lag probe, queued with the consumers paused, each mode
+   at c=1 without TCP_NODELAY (python wsgi.py only), the burst (bench/burst.py);
+4. the same sweep again with the web as each other server of `--servers` (by default the
+   Procfile's gunicorn line, 2 gevent workers);
+5. the Celery peer (bench/peer.py), at the sink delay and at 0 ms.
 
 This module is the orchestration: the options, the session every part runs on, the run itself.
 The measured parts are in bench/parts.py (and burst.py, peer.py); turning their slices into
@@ -33,9 +39,22 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 from app.bench_results import SCHEMA
+from app.config import Settings, load_settings
+from app.db import make_engine
+from app.models import Notification
 from bench import cpu
-from bench.aggregate import MODES, Slice, aggregate, find_point, ratios, slice_windows
+from bench.aggregate import (
+    MODES,
+    SERVERS,
+    Slice,
+    aggregate,
+    find_point,
+    ratios,
+    slice_windows,
+)
 from bench.driver import LoadGenerator
 from bench.parts import (
     run_lag_probe,
@@ -46,6 +65,7 @@ from bench.parts import (
 from bench.protocol import NOOP, LoadResult, LoadSpec
 from bench.queues import QueueDepthPoller
 from bench.sinkwatch import RecordTail, wait_for_all
+from bench.stalls import LogLineCounter
 from bench.users import UserFactory, capacity
 
 TEXTBOOK: dict[str, dict[str, float]] = {
@@ -54,6 +74,7 @@ TEXTBOOK: dict[str, dict[str, float]] = {
     "queued": {"ms": 50.0, "rps": 20.0},
 }
 IDLE_TIMEOUT = 60.0  # waiting for the queues to empty before a part that needs them empty
+RECORD_TIMEOUT = 15.0  # waiting for the consumers to record the jobs the sinks already have
 
 Progress = Callable[[str], None]
 
@@ -65,7 +86,8 @@ class BenchOptions:
     rounds: int = 3
     warmup: float = 0.5  # seconds before each slice's measurement
     delay_ms: float = 50.0
-    consumer_concurrency: int = 10
+    # The production default (CONSUMER_CONCURRENCY); the Celery worker gets the same.
+    consumer_concurrency: int = Settings().consumer_concurrency
     modes: tuple[str, ...] = MODES
     nodelay: bool = True  # False: the whole run without TCP_NODELAY on the server
     nagle_duration: float = 3.0  # per mode at concurrency 1 without TCP_NODELAY; 0 skips
@@ -74,6 +96,8 @@ class BenchOptions:
     burst_requests: int = 2000  # 0 skips
     burst_concurrency: int = 100
     peer_jobs: int = 1000  # per side; 0 skips
+    servers: tuple[str, ...] = ("wsgi", "gunicorn")  # the sweep runs once on each, in order
+    hub_block_ms: float = 20.0  # the web logs every event-loop stall longer; 0: not counted
     out: Path = Path("bench-results")
     run_dir: Path = Path(".run/bench")
     command: str = "python -m bench"
@@ -105,6 +129,13 @@ class BenchSession:
         self.delay_ms = float(stack.config.sink_delay_ms)
         self.consumer_concurrency = int(stack.config.consumer_concurrency)
         self.started = time.monotonic()
+        # Stack.start() starts `python wsgi.py`; the cluster's stack says it runs gunicorn.
+        self.server: str = getattr(stack, "server", "wsgi")
+        self.stalls = LogLineCounter(stack.log_dir / "web.log")
+        self.engine = make_engine(stack.database_url)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     # -- one slice -------------------------------------------------------------------------
 
@@ -151,16 +182,55 @@ class BenchSession:
         spec = self.spec(
             mode, concurrency, warmup=self.options.warmup, duration=duration, rate=rate
         )
+        stalls_before = self.stalls.count()
+        relayed_before = self.relayed_count()
         before = self.cpu_sample()
         result = self.load(spec)
         expected_status = 200 if mode == NOOP else 201
         measured = result.measured()
         ok = [i for i in measured if result.status[i] == expected_status]
         piece = Slice(mode, concurrency, bool(self.stack.config.tcp_nodelay), result, measured, ok)
+        piece.server = self.server
         if mode == "queued" and deliver:
             self.measure_delivery(piece, expected_status)
+            self.wait_recorded()
         piece.cpu = cpu.difference(before, self.cpu_sample())
+        piece.relayed = self.relayed_count() - relayed_before
+        if self.options.hub_block_ms > 0:
+            piece.stalls = self.stalls.count() - stalls_before
         return piece
+
+    def relayed_count(self) -> int:
+        """Notifications the outbox relay has claimed so far (the request path never does)."""
+        query = (
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.claimed_by.is_not(None))
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def wait_recorded(self, timeout: float = RECORD_TIMEOUT) -> int:
+        """Until no notification is left pending or queued (bounded); return how many are.
+
+        The sinks have a message before its consumer records the send and acks: waiting for the
+        ledger as well puts the CPU of every job a queued slice caused inside its sample.
+        """
+        query = (
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.status.in_(("pending", "queued")))
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.engine.connect() as connection:
+                left = int(connection.execute(query).scalar_one())
+            if not left:
+                return 0
+            if time.monotonic() >= deadline:
+                self.progress(f"warning: {left} jobs not recorded after {timeout:.0f}s")
+                return left
+            time.sleep(0.05)
 
     def cpu_parts(self) -> dict[str, list[int]]:
         processes = self.stack.processes
@@ -233,12 +303,30 @@ class BenchSession:
             time.sleep(0.1)
         self.progress(f"warning: queues not empty after {timeout:.0f}s: {self.poller.latest()}")
 
-    # -- the web server with and without TCP_NODELAY ----------------------------------------
+    # -- the web server: its shape, and with or without TCP_NODELAY -------------------------
 
     def restart_web(self, *, nodelay: bool) -> None:
+        """`python wsgi.py` again, with or without TCP_NODELAY."""
         self.stack.stop_process("web")
         self.stack.config.tcp_nodelay = nodelay
         self.stack.start_web()
+        self.server = "wsgi"
+
+    def use_server(self, server: str) -> None:
+        """Serve with `server` (a key of SERVERS) from now on; the stack's web is replaced."""
+        if server == self.server:
+            return
+        if server == "wsgi":
+            self.restart_web(nodelay=self.options.nodelay)
+            return
+        self.stack.stop_process("web")
+        # The Procfile's web line, with the stack's environment (HOST, PORT, WEB_WORKERS...).
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        self.stack.spawn("web", [gunicorn, "--config", "gunicorn.conf.py", "wsgi:app"])
+        self.stack.wait_until_ready()
+        # /readyz was answered by one worker; give the others time to connect to the broker.
+        time.sleep(1.0)
+        self.server = server
 
     def elapsed(self) -> str:
         seconds = int(time.monotonic() - self.started)
@@ -289,6 +377,8 @@ def stack_config(options: BenchOptions) -> Any:
             # Thousands of registrations a minute from one address: the limiter would refuse
             # nearly all of them (and add a write per request).
             "RATE_LIMIT_ENABLED": "false",
+            # One log line per event-loop stall longer than this (only the web reads it).
+            "HUB_BLOCK_REPORT_MS": f"{options.hub_block_ms:g}",
         },
     )
 
@@ -335,30 +425,43 @@ def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
         from bench.cluster_shape import cluster_bench_stack
 
         stack = cluster_bench_stack(options.run_dir, options.delay_ms, options.consumer_concurrency)
+    primary, *others = options.servers
+    sweeps: dict[str, list[Slice]] = {}
     with stack:
         progress(f"stack ready in {time.monotonic() - began:.1f}s at {stack.base_url}")
         poller = QueueDepthPoller(stack.amqp_url).start()
+        session: BenchSession | None = None
         try:
             with LoadGenerator(stack.log_dir / "loadgen.log") as loadgen:
                 session = BenchSession(stack, loadgen, poller, options, progress)
+                session.use_server(primary)
+                progress(f"sweep with the web as {SERVERS[primary]}")
                 sweep_from = time.time()
-                sweep = run_sweep(session)
+                sweeps[primary] = run_sweep(session)
                 sweep_until = time.time()
-                points = aggregate(sweep)
+                points = aggregate(sweeps[primary])
                 parallel = find_point(points, "parallel", 1)
                 lag_probe = run_lag_probe(session, parallel["rps"] if parallel else None)
                 paused = run_with_consumers_paused(session)
-                nagle = run_without_nodelay(session)
+                nagle = run_without_nodelay(session) if primary == "wsgi" else []
                 burst = (
                     run_burst(session, options.burst_requests, options.burst_concurrency)
                     if options.burst_requests > 0
                     else None
                 )
+                for server in others:
+                    progress(f"sweep with the web as {SERVERS[server]}")
+                    session.use_server(server)
+                    sweeps[server] = run_sweep(session)
+            assert session is not None
             peer = run_peer(session, options.peer_jobs) if options.peer_jobs > 0 else None
         finally:
             poller.stop()
+            if session is not None:
+                session.close()
         queue_depth = depth_series(session, sweep_from, sweep_until)
-        windows = slice_windows(sweep, sweep_from)
+        windows = slice_windows(sweeps[primary], sweep_from)
+        web_workers = int(load_settings(stack.environment()).web_workers)
 
     options_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}
     return {
@@ -375,13 +478,28 @@ def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
             "consumer_send_ceiling_per_s": options.consumer_concurrency
             / max(options.delay_ms / 1000, 0.001),
             "tcp_nodelay": options.nodelay,
+            "hub_block_ms": options.hub_block_ms,
+            "server": primary,
+            "servers": list(options.servers),
         },
         "textbook": TEXTBOOK,
+        # The first server's sweep: what /compare, the charts and the extras' targets read.
         "points": points,
+        "ratios": ratios(points, options.concurrency),
+        # Each other server's sweep, apart (every point also names its server).
+        "other_servers": [
+            {
+                "server": server,
+                "label": SERVERS[server],
+                "workers": web_workers if server == "gunicorn" else 1,
+                "points": (other := aggregate(sweeps[server])),
+                "ratios": ratios(other, options.concurrency),
+            }
+            for server in others
+        ],
         "nagle": aggregate(nagle),
         "lag_probe": lag_probe,
         "consumers_paused": paused,
-        "ratios": ratios(points, options.concurrency),
         "queue_depth": queue_depth,
         "slices": windows,
         "burst": burst,

@@ -49,8 +49,8 @@ class StackConfig:
     sink_timeout_rate: float = 0.0
     database_url: str | None = None
     amqp_url: str | None = None  # a broker run elsewhere: no private node is started
-    consumer_concurrency: int = 10
-    consumer_prefetch: int = 20
+    consumer_concurrency: int = 50
+    consumer_prefetch: int = 100
     workers: tuple[str, ...] = ("email", "sms", "relay")
     tcp_nodelay: bool = True
     echo: bool = False  # copy the children's output to our stdout, prefixed by name
@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         # A broker or database of the user's own; otherwise a private node and .run/offload.db.
         amqp_url=settings.amqp_url if "AMQP_URL" in given else None,
         database_url=settings.database_url if "DATABASE_URL" in given else None,
+        consumer_concurrency=settings.consumer_concurrency,
+        consumer_prefetch=settings.consumer_prefetch,
         echo=True,
     )
     stack = Stack(config)

@@ -18,8 +18,15 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
-from app.jobs import Job, MalformedJob, decode_job
-from app.ledger import Failure, notification_statuses, record_sends, take_send_leases
+from app.jobs import Job, MalformedJob, decode_job, job_to_dict, scrub_job
+from app.ledger import (
+    Failure,
+    Sent,
+    new_lease_token,
+    notification_statuses,
+    record_sends,
+    take_send_leases,
+)
 from app.logs import redact
 from app.senders import PermanentSendError, Sender, SendError, TransientSendError
 
@@ -69,6 +76,7 @@ class Claim:
 
     job: Job
     attempts: int  # failed tries before this one
+    lease_token: str = ""  # the claim's token: the record changes the row only if it still holds it
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,9 @@ def claim_batch(
             continue
         wanted.setdefault(job.notification_id, []).append((index, job))
     if wanted:
+        token = new_lease_token()
         with session_scope(sessions) as session:
-            leased = take_send_leases(session, list(wanted), policy.send_lease_seconds)
+            leased = take_send_leases(session, list(wanted), policy.send_lease_seconds, token)
             missing = [
                 notification_id for notification_id in wanted if notification_id not in leased
             ]
@@ -115,7 +124,7 @@ def claim_batch(
         for notification_id, copies in wanted.items():
             first_index, first_job = copies[0]
             if notification_id in leased:
-                decided[first_index] = Claim(first_job, leased[notification_id])
+                decided[first_index] = Claim(first_job, leased[notification_id], token)
                 # Two copies of one job in one batch: the first is sent, the others look again
                 # later, by when the ledger says sent.
                 for index, _job in copies[1:]:
@@ -157,24 +166,25 @@ def record_batch(
 ) -> list[Verdict]:
     """Record every send's result in one transaction; return the verdict for each message."""
     verdicts: list[Verdict] = []
-    sent: list[str] = []
+    sent: list[Sent] = []
     failures: list[Failure] = []
     for result in results:
         notification_id = result.claim.job.notification_id
+        token = result.claim.lease_token
         error = result.error
         if error is None:
-            sent.append(notification_id)
+            sent.append(Sent(notification_id, token, job_to_dict(scrub_job(result.claim.job))))
             verdicts.append(Ack("sent"))
             continue
         attempts = result.claim.attempts + 1
         if isinstance(error, PermanentSendError):
-            failures.append(Failure(notification_id, str(error), "failed"))
+            failures.append(Failure(notification_id, str(error), "failed", token))
             verdicts.append(Park(f"permanent failure: {error}"))
         elif attempts >= policy.max_attempts:
-            failures.append(Failure(notification_id, str(error), "failed"))
+            failures.append(Failure(notification_id, str(error), "failed", token))
             verdicts.append(Park(f"gave up after {attempts} attempts: {error}"))
         else:
-            failures.append(Failure(notification_id, str(error), "queued"))
+            failures.append(Failure(notification_id, str(error), "queued", token))
             wait_ms = error.retry_after_ms if isinstance(error, TransientSendError) else 0
             verdicts.append(Retry(policy.delay_after(attempts, at_least_ms=wait_ms), str(error)))
     with session_scope(sessions) as session:

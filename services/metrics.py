@@ -28,6 +28,11 @@ RELAYED = Counter(
     "Pending notifications the outbox relay published.",
     registry=REGISTRY,
 )
+SWEPT = Counter(
+    "offload_relay_swept_total",
+    "Notifications left queued past RELAY_SWEEP_AFTER_SECONDS that the relay published again.",
+    registry=REGISTRY,
+)
 
 
 def serve_metrics(host: str, port: int) -> None:

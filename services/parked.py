@@ -18,17 +18,38 @@ from typing import Any
 import pika
 
 from app.config import load_settings_or_exit
-from app.jobs import CHANNELS, JOBS_EXCHANGE, parked_queue, retry_queue, work_queue
+from app.jobs import (
+    CHANNELS,
+    JOBS_EXCHANGE,
+    EmailJob,
+    MalformedJob,
+    decode_job,
+    parked_queue,
+    retry_queue,
+    work_queue,
+)
+from app.logs import mask_email, mask_phone
 from app.topology import cluster_parameters, declare_topology
 
 
 @dataclass(frozen=True)
 class ParkedJob:
+    """A parked job as the listing shows it: never the body, which carries a verification
+    secret (the SMS code, the email's link token); `recipient` is masked."""
+
     channel: str
     reason: str
     parked_at: str
     notification_id: str | None
-    body: bytes
+    recipient: str
+
+
+def _recipient(body: bytes) -> str:
+    try:
+        job = decode_job(body)
+    except MalformedJob:
+        return "(unreadable job)"
+    return mask_email(job.to) if isinstance(job, EmailJob) else mask_phone(job.to)
 
 
 def _describe(channel: str, properties: Any, body: bytes) -> ParkedJob:
@@ -40,7 +61,7 @@ def _describe(channel: str, properties: Any, body: bytes) -> ParkedJob:
         reason=str(headers.get("x-offload-reason", "dead-lettered by the broker")),
         parked_at=when,
         notification_id=properties.message_id,
-        body=body,
+        recipient=_recipient(body),
     )
 
 
@@ -59,6 +80,12 @@ def list_parked(
     if tags:
         channel.basic_nack(tags[-1], multiple=True, requeue=True)
     return seen
+
+
+def print_parked(name: str, jobs: list[ParkedJob]) -> None:
+    print(f"{parked_queue(name)}: {len(jobs)} shown")
+    for job in jobs:
+        print(f"  {job.parked_at}  {job.notification_id or '-'}  {job.recipient}  {job.reason}")
 
 
 def replay_parked(
@@ -164,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         declare_topology(channel, settings.retry_delays_ms, queue_type=settings.queue_type)
         for name in names:
             if args.action == "list":
-                jobs = list_parked(channel, name, args.limit)
-                print(f"{parked_queue(name)}: {len(jobs)} shown")
-                for job in jobs:
-                    print(f"  {job.parked_at}  {job.notification_id or '-'}  {job.reason}")
+                print_parked(name, list_parked(channel, name, args.limit))
             elif args.action == "replay":
                 print(f"{parked_queue(name)}: replayed {replay_parked(channel, name, args.limit)}")
             else:

@@ -3,7 +3,8 @@
 A request publishes its own jobs right after the commit; when that fails (broker down, publish
 over its time budget, process killed between commit and publish) the rows stay `pending`. The
 relay claims pending rows older than a grace period, publishes them with confirms, and marks them
-queued.
+queued. Its sweeper republishes rows left `queued` for longer than RELAY_SWEEP_AFTER_SECONDS,
+whose message the broker lost (see `claim_stuck`).
 
 Several relays may run at once. A claim is a lease written in one UPDATE: on PostgreSQL the
 candidate rows are picked with `FOR UPDATE SKIP LOCKED`, on SQLite the single writer serializes
@@ -14,45 +15,115 @@ nothing is published twice (and if it were, the consumers' ledger check still se
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from datetime import timedelta
+from typing import Any
 
 import gevent
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import session_scope
+from app.db import database_now, session_scope
 from app.jobs import job_from_dict
-from app.ledger import mark_queued
+from app.ledger import mark_queued, send_lease_free
 from app.messaging import Publisher, PublishError
-from app.models import Notification, utcnow
-from services.metrics import RELAYED
+from app.models import Notification
+from services.metrics import RELAYED, SWEPT
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30
+# Beyond the publishes themselves: the claim, the final mark, a pause of the process.
+LEASE_MARGIN_SECONDS = 30.0
+
+
+def relay_lease_seconds(*, batch_size: int, publish_timeout: float) -> float:
+    """How long a relay owns its batch: every row's publish may wait out its whole budget, one
+    confirm at a time, so a fixed lease could run out mid-batch and let another relay publish
+    the same rows."""
+    return batch_size * publish_timeout + LEASE_MARGIN_SECONDS
 
 
 def claim_pending(
-    session: Session, *, relay_id: str, batch_size: int, grace_seconds: float
+    session: Session,
+    *,
+    relay_id: str,
+    batch_size: int,
+    grace_seconds: float,
+    publish_timeout: float,
 ) -> list[Notification]:
-    now = utcnow()
-    lease_free = (Notification.claimed_until.is_(None)) | (Notification.claimed_until < now)
+    """Lease up to `batch_size` pending rows older than the grace period to this relay."""
+    return _claim(
+        session,
+        "pending",
+        # created_at comes from the web host's clock: the grace absorbs a small skew.
+        Notification.created_at < database_now(-grace_seconds),
+        Notification.created_at,
+        relay_id=relay_id,
+        batch_size=batch_size,
+        publish_timeout=publish_timeout,
+    )
+
+
+def claim_stuck(
+    session: Session,
+    *,
+    relay_id: str,
+    batch_size: int,
+    stuck_seconds: float,
+    publish_timeout: float,
+) -> list[Notification]:
+    """Lease up to `batch_size` rows left `queued` for longer than `stuck_seconds`.
+
+    A queued row whose message the broker lost (a dead-lettering that did not arrive, a retry
+    that could not be routed, a queue deleted by hand) would otherwise wait for ever: nothing
+    else scans queued rows. `queued_at` is renewed at every hand-off to the broker (the first
+    publish, every scheduled retry, every sweep), so a healthy row is older than this only
+    when its queue holds a longer backlog; republishing it then costs a duplicate message,
+    which the consumers' ledger check acknowledges without sending.
+    """
+    return _claim(
+        session,
+        "queued",
+        Notification.queued_at < database_now(-stuck_seconds),
+        Notification.queued_at,
+        relay_id=relay_id,
+        batch_size=batch_size,
+        publish_timeout=publish_timeout,
+    )
+
+
+def _claim(
+    session: Session,
+    status: str,
+    old_enough: ColumnElement[bool],
+    oldest_first: Any,  # the column to order by
+    *,
+    relay_id: str,
+    batch_size: int,
+    publish_timeout: float,
+) -> list[Notification]:
+    lease_seconds = relay_lease_seconds(batch_size=batch_size, publish_timeout=publish_timeout)
+    lease_free = (Notification.claimed_until.is_(None)) | (
+        Notification.claimed_until < database_now()
+    )
     candidates = (
         select(Notification.id)
         .where(
-            Notification.status == "pending",
-            Notification.created_at < now - timedelta(seconds=grace_seconds),
+            Notification.status == status,
+            old_enough,
             lease_free,
+            # A send in progress (inline, or a consumer's) holds the row.
+            send_lease_free(),
         )
-        .order_by(Notification.created_at)
+        .order_by(oldest_first)
         .limit(batch_size)
         .with_for_update(skip_locked=True)
     )
     session.execute(
         update(Notification)
         .where(Notification.id.in_(candidates.scalar_subquery()), lease_free)
-        .values(claimed_by=relay_id, claimed_until=now + timedelta(seconds=LEASE_SECONDS))
+        .values(claimed_by=relay_id, claimed_until=database_now(lease_seconds))
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -60,11 +131,62 @@ def claim_pending(
         session.scalars(
             select(Notification).where(
                 Notification.claimed_by == relay_id,
-                Notification.status == "pending",
-                Notification.claimed_until > now,
+                Notification.status == status,
+                Notification.claimed_until > database_now(),
+                old_enough,
             )
         )
     )
+
+
+def _publish_each(
+    publisher: Publisher, claimed: list[Notification], publish_timeout: float
+) -> list[Notification]:
+    published: list[Notification] = []
+    for notification in claimed:
+        try:
+            publisher.publish([job_from_dict(notification.payload)], timeout=publish_timeout)
+        except PublishError as exc:
+            log.warning("relay: publish failed, will try again: %s", exc)
+            break
+        published.append(notification)
+    return published
+
+
+def sweep_once(
+    sessions: sessionmaker[Session],
+    publisher: Publisher,
+    *,
+    relay_id: str,
+    batch_size: int,
+    stuck_seconds: float,
+    publish_timeout: float,
+) -> int:
+    """Republish one batch of rows stuck in `queued`; return how many were republished."""
+    with session_scope(sessions) as session:
+        claimed = claim_stuck(
+            session,
+            relay_id=relay_id,
+            batch_size=batch_size,
+            stuck_seconds=stuck_seconds,
+            publish_timeout=publish_timeout,
+        )
+        swept = _publish_each(publisher, claimed, publish_timeout)
+        if swept:
+            session.execute(
+                update(Notification)
+                .where(Notification.id.in_([n.id for n in swept]), Notification.status == "queued")
+                .values(queued_at=database_now())
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+            SWEPT.inc(len(swept))
+            log.warning(
+                "relay: republished %d notifications left queued for over %gs",
+                len(swept),
+                stuck_seconds,
+            )
+        return len(swept)
 
 
 def relay_once(
@@ -79,16 +201,13 @@ def relay_once(
     """Publish one batch of pending notifications; return how many were queued."""
     with session_scope(sessions) as session:
         claimed = claim_pending(
-            session, relay_id=relay_id, batch_size=batch_size, grace_seconds=grace_seconds
+            session,
+            relay_id=relay_id,
+            batch_size=batch_size,
+            grace_seconds=grace_seconds,
+            publish_timeout=publish_timeout,
         )
-        queued: list[Notification] = []
-        for notification in claimed:
-            try:
-                publisher.publish([job_from_dict(notification.payload)], timeout=publish_timeout)
-            except PublishError as exc:
-                log.warning("relay: publish failed, will try again: %s", exc)
-                break
-            queued.append(notification)
+        queued = _publish_each(publisher, claimed, publish_timeout)
         if queued:
             mark_queued(session, queued)
             RELAYED.inc(len(queued))
@@ -106,8 +225,11 @@ class Relay:
         batch_size: int,
         grace_seconds: float,
         publish_timeout: float,
+        sweep_after_seconds: float = 900.0,
     ) -> None:
         self.sessions = sessions
+        self.sweep_after_seconds = sweep_after_seconds
+        self._next_sweep = 0.0
         self.publisher = publisher
         self.interval = interval
         self.batch_size = batch_size
@@ -133,7 +255,24 @@ class Relay:
             except Exception:
                 log.exception("relay: batch failed")
                 count = 0
+            if time.monotonic() >= self._next_sweep:
+                self._sweep()
             # A full batch means more may be waiting: go again at once.
             if count < self.batch_size:
                 gevent.sleep(self.interval)
         self.publisher.close()
+
+    def _sweep(self) -> None:
+        # Stuck rows are rare: a look every fifth of the bound finds them soon enough.
+        self._next_sweep = time.monotonic() + self.sweep_after_seconds / 5
+        try:
+            sweep_once(
+                self.sessions,
+                self.publisher,
+                relay_id=self.relay_id,
+                batch_size=self.batch_size,
+                stuck_seconds=self.sweep_after_seconds,
+                publish_timeout=self.publish_timeout,
+            )
+        except Exception:
+            log.exception("relay: sweep failed")

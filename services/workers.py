@@ -15,6 +15,7 @@ import sys  # noqa: E402
 
 from app.config import Settings, load_settings_or_exit  # noqa: E402
 from app.db import make_engine, make_session_factory  # noqa: E402
+from app.hubwatch import freeze_startup_heap  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
 from app.messaging import PikaPublisher  # noqa: E402
 from app.shutdown import on_stop_signals  # noqa: E402
@@ -53,6 +54,7 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
         f"offload {channel} consumer started (concurrency={concurrency}, prefetch={prefetch})",
         flush=True,
     )
+    freeze_startup_heap()
     consumer.run()
     log.info("%s consumer stopped", channel)
     return 0
@@ -73,9 +75,11 @@ def run_relay(settings: Settings) -> int:
         batch_size=settings.relay_batch_size,
         grace_seconds=settings.relay_grace_seconds,
         publish_timeout=max(settings.publish_timeout, 5.0),
+        sweep_after_seconds=settings.relay_sweep_after_seconds,
     )
     on_stop_signals(relay.request_stop)
     print(f"offload relay started (every {settings.relay_interval}s)", flush=True)
+    freeze_startup_heap()
     relay.run()
     return 0
 

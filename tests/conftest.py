@@ -153,7 +153,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             "SMTP_TIMEOUT": "2",
             "RATE_LIMIT_ENABLED": "false",
             "RELAY_INTERVAL": "0.2",
-            "RELAY_GRACE_SECONDS": "1",
+            # Longer than SMTP_TIMEOUT + SMS_TIMEOUT, the longest inline send.
+            "RELAY_GRACE_SECONDS": "3.5",
+            # Longer than the longest retry delay plus the send lease (refused otherwise).
+            "RELAY_SWEEP_AFTER_SECONDS": "5",
             "BENCH_MODES": "true",
             "SECRET_KEY": "integration-secret",
         },

@@ -1,4 +1,4 @@
-/* The status page updates itself: poll GET /api/users/<id> and rewrite the notification
+/* The status page updates itself: poll GET /status/data (the session's user) and rewrite the notification
  * table, the verification list and the live region in place. No framework, no inline code
  * (the Content-Security-Policy forbids it). Without JavaScript the page's <noscript> refresh
  * does the same job, more crudely. */
@@ -11,7 +11,7 @@
   }
   var url = page.getAttribute("data-user-url");
   var live = document.getElementById("live-status");
-  var SETTLED = ["sent", "failed", "skipped"];
+  var SETTLED = ["sent", "failed", "skipped", "held"];
   var LABELS = { email: "Email", sms: "SMS" };
   var FAST_MS = 1000; // while messages are on their way
   var SLOW_MS = 5000; // afterwards, to notice a confirmation made in another tab
@@ -40,17 +40,17 @@
     var was = item.getAttribute("data-verified") === "true";
     item.setAttribute("data-verified", verified ? "true" : "false");
     setText(item, verified ? "confirmed" : "not confirmed yet");
-    if (verified && which === "phone") {
-      var form = document.getElementById("verify-phone-form");
-      if (form) {
-        form.hidden = true;
-      }
-    }
-    if (verified && which === "email") {
-      var hint = document.getElementById("email-instructions");
-      if (hint) {
-        hint.hidden = true;
-      }
+    var hide = {
+      phone: ["verify-phone-form", "resend-sms-form"],
+      email: ["email-instructions", "resend-email-form"],
+    };
+    if (verified) {
+      hide[which].forEach(function (id) {
+        var element = document.getElementById(id);
+        if (element) {
+          element.hidden = true;
+        }
+      });
     }
     return verified && !was;
   }

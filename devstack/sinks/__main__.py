@@ -43,6 +43,14 @@ def build_parser(default_delay_ms: float = DEFAULT_DELAY_MS) -> argparse.Argumen
         default=0.0,
         help="share of messages refused with 550 5.1.1 (default 0)",
     )
+    smtp.add_argument(
+        "--slow-prefix",
+        default="",
+        help="recipients whose address starts with this wait --slow-factor times the delay",
+    )
+    smtp.add_argument(
+        "--slow-factor", type=_non_negative, default=1.0, help="(default 1: no slow recipients)"
+    )
     sms = kinds.add_parser("sms", help="SMS HTTP gateway sink (gevent pywsgi)")
     _add_common_options(sms, "sms", default_delay_ms)
     sms.add_argument(
@@ -118,6 +126,8 @@ def run_smtp(args: argparse.Namespace, delay: float) -> int:
         delay=delay,
         failure_rate=args.failure_rate,
         permanent_failure_rate=args.permanent_failure_rate,
+        slow_prefix=args.slow_prefix,
+        slow_factor=args.slow_factor,
     )
     # Blocked before the server thread starts, so that thread inherits the mask and the signals
     # are left to sigwait below: no handler can run in the middle of a lock or of start().

@@ -106,13 +106,16 @@ def start_sink_process(
     host: str = "127.0.0.1",
     permanent_failure_rate: float = 0.0,
     hang_seconds: float | None = None,
+    slow_prefix: str = "",
+    slow_factor: float = 1.0,
     stderr_path: str | Path | None = None,
     startup_timeout: float = 15.0,
 ) -> SinkProcess:
     """Run `python -m devstack.sinks KIND ...` and return once its port accepts connections.
 
     port 0 lets the sink pick a free port; the returned `.port` is the real one. timeout_rate and
-    hang_seconds apply to the SMS gateway only, permanent_failure_rate to the SMTP sink only.
+    hang_seconds apply to the SMS gateway only; permanent_failure_rate and the slow recipients
+    (slow_prefix, slow_factor) to the SMTP sink only.
     The sink's stderr goes to `stderr_path` (appended) or to a temporary file; either way it is
     quoted in the SinkStartError raised when the sink dies or does not come up in time.
     """
@@ -139,8 +142,11 @@ def start_sink_process(
         command += ["--timeout-rate", str(timeout_rate)]
         if hang_seconds is not None:
             command += ["--hang-seconds", str(hang_seconds)]
-    elif permanent_failure_rate:
-        command += ["--permanent-failure-rate", str(permanent_failure_rate)]
+    else:
+        if permanent_failure_rate:
+            command += ["--permanent-failure-rate", str(permanent_failure_rate)]
+        if slow_prefix:
+            command += ["--slow-prefix", slow_prefix, "--slow-factor", str(slow_factor)]
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(

@@ -49,10 +49,16 @@ class RecordingSmtpHandler:
         delay: float = 0.05,
         failure_rate: float = 0.0,
         permanent_failure_rate: float = 0.0,
+        slow_prefix: str = "",
+        slow_factor: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
         self.records = records
         self.delay = delay
+        # Uneven work for the dispatch benchmark: mail to a recipient whose address starts with
+        # `slow_prefix` takes `slow_factor` times the delay.
+        self.slow_prefix = slow_prefix
+        self.slow_factor = slow_factor
         self.failure_rate = failure_rate
         self.permanent_failure_rate = permanent_failure_rate
         self._rng = rng or random.Random()
@@ -67,7 +73,10 @@ class RecordingSmtpHandler:
         # Parse first and sleep what is left: the reply comes `delay` after the data arrived,
         # the sink's own work included, as from a server that takes that long.
         record = email_record(envelope, received_at)
-        remaining = self.delay - (time.monotonic() - started)
+        delay = self.delay
+        if self.slow_prefix and str(record["to"]).startswith(self.slow_prefix):
+            delay *= self.slow_factor
+        remaining = delay - (time.monotonic() - started)
         if remaining > 0:
             await asyncio.sleep(remaining)
         if self._rng.random() < self.failure_rate:
@@ -149,6 +158,8 @@ class SmtpSink:
         failure_rate: float = 0.0,
         permanent_failure_rate: float = 0.0,
         smtputf8: bool = True,
+        slow_prefix: str = "",
+        slow_factor: float = 1.0,
     ) -> None:
         self.host = host
         # Offer SMTPUTF8 (RFC 6531), as most mail servers do; off, to test a server without it.
@@ -161,6 +172,8 @@ class SmtpSink:
             delay=delay,
             failure_rate=failure_rate,
             permanent_failure_rate=permanent_failure_rate,
+            slow_prefix=slow_prefix,
+            slow_factor=slow_factor,
         )
         self._controller: _BindingController | None = None
 

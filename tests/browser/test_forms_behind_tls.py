@@ -206,7 +206,7 @@ def submit_every_form(tls_site: dict[str, Any], screenshot: Path, *, mode: str) 
             fill_registration(page, person, mode=mode)
             page.get_by_role("button", name="Create account").click()
             assert CSRF_REFUSAL not in page.title()
-            page.wait_for_url(re.compile(r"/users/[0-9a-f]{32}$"))
+            page.wait_for_url(re.compile(r"/status$"))
             status_url = page.url
 
             # 3. The email link (https, through the proxy), then its confirmation button.

@@ -146,8 +146,10 @@ def test_register_watch_queued_mode_and_verify_email_and_phone(stack: Any, open_
     try:
         fill_registration(page, person)
         page.get_by_role("button", name="Create account").click()
-        page.wait_for_url(re.compile(r"/users/[0-9a-f]{32}$"))
+        page.wait_for_url(re.compile(r"/status$"))
         status_url = page.url
+        # The page belongs to this browser's session: no id in its address or anywhere on it.
+        assert re.search(r"[0-9a-f]{32}", page.content()) is None
         email_status = page.locator("#notification-email [data-status]")
         assert email_status.get_attribute("data-status") in ("pending", "queued")
         page.wait_for_selector('#notification-sms [data-status="sent"]')
@@ -233,7 +235,7 @@ def test_without_javascript_the_forms_still_work(stack: Any, open_page: Any) -> 
     page.goto(f"{stack.base_url}/register")
     fill_registration(page, person, mode="serial")
     page.get_by_role("button", name="Create account").click()
-    page.wait_for_url(re.compile(r"/users/[0-9a-f]{32}$"))
+    page.wait_for_url(re.compile(r"/status$"))
     assert page.locator('#notification-email [data-status="sent"]').count() == 1
     code = re.search(r"code is (\d{6})", wait_for_record(stack, "sms", person["phone"])["body"])
     page.get_by_label("Code from the SMS").fill(code.group(1))

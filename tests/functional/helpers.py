@@ -24,3 +24,17 @@ def make_testapp(settings, publisher, *, extra_environ=None, **overrides):
 
 def register(testapp, payload=None, status=201):
     return testapp.post_json("/api/users?mode=serial", payload or ADA, status=status)
+
+
+def register_in_browser(testapp, payload=None):
+    """Register through the form: this browser's session then opens /status."""
+    form = testapp.get("/register").forms["register-form"]
+    for field, value in (payload or ADA).items():
+        form[field] = value
+    form["mode"] = "serial"
+    return form.submit(status=303)
+
+
+def status_url(response):
+    """The API status URL a registration answered with (it holds the status token)."""
+    return response.headers["Location"]

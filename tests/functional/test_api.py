@@ -23,7 +23,7 @@ def test_queued_mode_publishes_both_jobs_and_answers(testapp, publisher, email_s
     assert response.json["mode"] == "queued"
     assert user["phone"] == "+447911123456"
     assert user["verified"] is False
-    assert response.headers["Location"].endswith(f"/api/users/{user['id']}")
+    assert response.headers["Location"].endswith(f"/api/status/{response.json['status_token']}")
     assert server_timing_steps(response) == ["db", "publish"]
     assert [n["status"] for n in user["notifications"]] == ["queued", "queued"]
     assert sorted(job.kind for job in publisher.published) == ["email", "sms"]
@@ -123,7 +123,7 @@ def test_body_too_large_is_413(testapp):
 
 
 def test_unknown_user_is_404(testapp):
-    assert testapp.get("/api/users/nobody", status=404).json["error"] == "not_found"
+    assert testapp.get("/api/status/nobody", status=404).json["error"] == "not_found"
 
 
 def test_unknown_api_path_and_method_are_json(testapp):

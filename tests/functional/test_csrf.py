@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import pytest
 
-from tests.functional.helpers import ADA, make_testapp, register
+from tests.functional.helpers import ADA, make_testapp, register_in_browser
 
 
 def test_every_form_carries_a_csrf_token(testapp):
-    uid = register(testapp).json["user"]["id"]
+    register_in_browser(testapp)
     forms = {}
-    for url in ("/register", f"/users/{uid}"):
+    for url in ("/register", "/status"):
         for form in testapp.get(url).html.find_all("form"):
             forms[form["id"]] = form
-    assert set(forms) == {"register-form", "verify-phone-form"}
+    assert set(forms) == {
+        "register-form",
+        "verify-phone-form",
+        "resend-email-form",
+        "resend-sms-form",
+    }
     for form_id, form in forms.items():
         assert form["method"].lower() == "post", form_id
         token = form.select_one('input[type=hidden][name="csrf_token"]')
         assert token is not None and token["value"], form_id
 
 
-@pytest.mark.parametrize("path", ["/register", "/users/{uid}/verify-phone"])
+@pytest.mark.parametrize(
+    "path", ["/register", "/status/verify-phone", "/status/resend/sms", "/status/resend/email"]
+)
 def test_posting_a_form_without_its_token_is_refused(testapp, path):
-    uid = register(testapp).json["user"]["id"]
-    page = testapp.post(path.format(uid=uid), {"code": "123456", **ADA}, status=400)
+    register_in_browser(testapp)
+    page = testapp.post(path, {"code": "123456", **ADA}, status=400)
     assert "did not come from this site" in page.text
 
 

@@ -35,9 +35,11 @@ EXCLUDED_CHECKS = [positive_data_acceptance]
 OPERATIONS = [
     ("/api/users", "POST", GenerationMode.POSITIVE),
     ("/api/users", "POST", GenerationMode.NEGATIVE),
-    ("/api/users/{user_id}", "GET", GenerationMode.POSITIVE),
-    ("/api/users/{user_id}/verify-phone", "POST", GenerationMode.POSITIVE),
-    ("/api/users/{user_id}/verify-phone", "POST", GenerationMode.NEGATIVE),
+    ("/api/status/{token}", "GET", GenerationMode.POSITIVE),
+    ("/api/status/{token}/verify-phone", "POST", GenerationMode.POSITIVE),
+    ("/api/status/{token}/verify-phone", "POST", GenerationMode.NEGATIVE),
+    ("/api/status/{token}/resend", "POST", GenerationMode.POSITIVE),
+    ("/api/status/{token}/resend", "POST", GenerationMode.NEGATIVE),
     ("/api/openapi.json", "GET", GenerationMode.POSITIVE),
 ]
 

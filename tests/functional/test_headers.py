@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-from tests.functional.helpers import register
+import webtest
+
+from tests.functional.helpers import ADA, register, register_in_browser
 
 
 def every_kind_of_page(testapp):
     """(name, response) for each page and API answer a client can get, good and bad."""
-    user = register(testapp).json["user"]
-    uid = user["id"]
+    status = register(testapp).headers["Location"]
+    stranger = webtest.TestApp(testapp.app)
+    register_in_browser(testapp, {**ADA, "email": "b@example.com", "phone": "+44 7911 123457"})
     csrf = testapp.get("/register").forms["register-form"]["csrf_token"].value
     return [
         ("register", testapp.get("/register")),
         ("register-invalid", testapp.post("/register", {"csrf_token": csrf}, status=400)),
-        ("status", testapp.get(f"/users/{uid}")),
-        ("status-unknown", testapp.get("/users/nobody", status=404)),
+        ("status", testapp.get("/status")),
+        ("status-data", testapp.get("/status/data")),
+        ("status-no-session", stranger.get("/status", status=303)),
+        ("status-data-no-session", stranger.get("/status/data", status=404)),
         (
             "verify-phone-wrong",
-            testapp.post(
-                f"/users/{uid}/verify-phone", {"csrf_token": csrf, "code": "1"}, status=400
-            ),
+            testapp.post("/status/verify-phone", {"csrf_token": csrf, "code": "1"}, status=400),
         ),
-        ("verify-phone-no-csrf", testapp.post(f"/users/{uid}/verify-phone", {}, status=400)),
+        ("verify-phone-no-csrf", testapp.post("/status/verify-phone", {}, status=400)),
         ("verify-email-invalid", testapp.get("/verify-email/forged", status=400)),
         ("static-js", testapp.get("/static/status.js")),
         ("static-css", testapp.get("/static/style.css")),
-        ("api-user", testapp.get(f"/api/users/{uid}")),
-        ("api-unknown", testapp.get("/api/users/nobody", status=404)),
+        ("api-status", testapp.get(status)),
+        ("api-unknown", testapp.get("/api/status/nobody", status=404)),
         ("api-openapi", testapp.get("/api/openapi.json")),
         ("api-405", testapp.delete("/api/users", status=405)),
         ("no-such-page", testapp.get("/nothing-here", status=404)),
@@ -45,9 +48,12 @@ def test_security_headers_on_every_response(testapp):
 
 
 def test_pages_with_personal_data_are_not_cached(testapp):
-    uid = register(testapp).json["user"]["id"]
-    assert testapp.get(f"/users/{uid}").headers["Cache-Control"] == "no-store"
-    assert testapp.get(f"/api/users/{uid}").headers["Cache-Control"] == "no-store"
+    created = register(testapp)
+    assert created.headers["Cache-Control"] == "no-store"  # it holds the status token
+    assert testapp.get(created.headers["Location"]).headers["Cache-Control"] == "no-store"
+    register_in_browser(testapp, {**ADA, "email": "b@example.com", "phone": "+44 7911 123457"})
+    assert testapp.get("/status").headers["Cache-Control"] == "no-store"
+    assert testapp.get("/status/data").headers["Cache-Control"] == "no-store"
 
 
 def test_no_inline_script_or_style_anywhere(testapp):

@@ -23,12 +23,12 @@ CORPUS = {
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-@pytest.mark.parametrize("path", ["/api/users", "/api/users/{user_id}/verify-phone"])
+@pytest.mark.parametrize("path", ["/api/users", "/api/status/{token}/verify-phone"])
 def test_deeply_nested_json_is_a_400_json_error(testapp, name, path):
     body = CORPUS[name].encode()
     assert len(body) <= LIMIT
     response = testapp.post(
-        path.format(user_id=new_id()),
+        path.format(token=new_id()),
         body,
         content_type="application/json",
         expect_errors=True,

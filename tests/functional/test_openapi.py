@@ -109,7 +109,10 @@ def test_every_response_matches_the_document_and_every_status_happens(
     sms = RecordingSender()
     application = create_app(
         settings.with_overrides(
-            rate_limit_registrations="6/minute", rate_limit_verifications="12/minute"
+            rate_limit_registrations="6/minute",
+            rate_limit_verifications="20/minute",
+            resend_max=1,
+            resend_cooldown_seconds=0,
         ),
         publisher=publisher,
         email_sender=RecordingSender(),
@@ -127,11 +130,11 @@ def test_every_response_matches_the_document_and_every_status_happens(
         conform.check(create, "post", response)
         return response
 
-    ada = post_user(ADA, 201).json["user"]
+    created = post_user(ADA, 201).json
+    ada = {**created["user"], "token": created["status_token"]}
     code = re.search(r"code is (\d{6})", sms.sent[-1].body).group(1)
-    grace = post_user({**ADA, "email": "grace@example.com", "phone": "+16502530000"}, 201).json[
-        "user"
-    ]
+    created = post_user({**ADA, "email": "grace@example.com", "phone": "+16502530000"}, 201).json
+    grace = {**created["user"], "token": created["status_token"]}
     post_user({"name": ""}, 400)
     post_user(ADA, 409)
     post_user({**ADA, "name": "x" * 20_000}, 413)
@@ -139,23 +142,25 @@ def test_every_response_matches_the_document_and_every_status_happens(
     conform.check(create, "post", response)
     post_user(ADA, 429)
 
-    one = "/api/users/{user_id}"
-    conform.check(one, "get", api.get(f"/api/users/{ada['id']}"))
-    conform.check(one, "get", api.get("/api/users/nobody", status=404))
+    one = "/api/status/{token}"
+    conform.check(one, "get", api.get(f"/api/status/{ada['token']}"))
+    conform.check(one, "get", api.get("/api/status/nobody", status=404))
 
-    verify = "/api/users/{user_id}/verify-phone"
+    verify = "/api/status/{token}/verify-phone"
 
-    def post_code(user_id, body, status):
-        response = api.post_json(f"/api/users/{user_id}/verify-phone", body, status=status)
+    def post_code(token, body, status):
+        response = api.post_json(f"/api/status/{token}/verify-phone", body, status=status)
         conform.check(verify, "post", response)
         return response
 
-    post_code(ada["id"], {"code": "12"}, 400)
+    post_code(ada["token"], {"code": "12"}, 400)
     post_code("nobody", {"code": "123456"}, 404)
-    post_code(ada["id"], {"code": "9" * 20_000}, 413)
-    conform.check(verify, "post", api.post(f"/api/users/{ada['id']}/verify-phone", "x", status=415))
-    post_code(ada["id"], {"code": code}, 200)
-    post_code(ada["id"], {"code": code}, 409)
+    post_code(ada["token"], {"code": "9" * 20_000}, 413)
+    conform.check(
+        verify, "post", api.post(f"/api/status/{ada['token']}/verify-phone", "x", status=415)
+    )
+    post_code(ada["token"], {"code": code}, 200)
+    post_code(ada["token"], {"code": code}, 409)
     with sessions() as session:
         session.execute(
             update(User)
@@ -163,13 +168,31 @@ def test_every_response_matches_the_document_and_every_status_happens(
             .values(sms_code_expires_at=utcnow() - timedelta(seconds=1))
         )
         session.commit()
-    post_code(grace["id"], {"code": "123456"}, 410)
+    post_code(grace["token"], {"code": "123456"}, 410)
+
+    again = "/api/status/{token}/resend"
+
+    def post_resend(token, body, status):
+        response = api.post_json(f"/api/status/{token}/resend", body, status=status)
+        conform.check(again, "post", response)
+        return response
+
+    post_resend(grace["token"], {"channel": "email"}, 202)
+    post_resend(grace["token"], {"channel": "sms"}, 410)
+    post_resend(grace["token"], {"channel": "fax"}, 400)
+    post_resend("nobody", {"channel": "sms"}, 404)
+    post_resend(ada["token"], {"channel": "sms"}, 409)
+    post_resend(ada["token"], {"channel": "e" * 20_000}, 413)
+    conform.check(again, "post", api.post(f"/api/status/{ada['token']}/resend", "x", status=415))
     for _ in range(12):
         last = api.post_json(
-            f"/api/users/{grace['id']}/verify-phone", {"code": "123456"}, expect_errors=True
+            f"/api/status/{grace['token']}/verify-phone", {"code": "123456"}, expect_errors=True
         )
     conform.check(verify, "post", last)
     assert last.status_int == 429
+    conform.check(
+        again, "post", api.post_json(f"/api/status/{ada['token']}/resend", {}, status=429)
+    )
 
     # 503: a writer holds SQLite's lock past the busy timeout, or the database is unreachable.
     import sqlite3
@@ -185,7 +208,7 @@ def test_every_response_matches_the_document_and_every_status_happens(
     # A user with a live code, registered before the lock is taken.
     kay = locked.post_json(
         create, {**ADA, "email": "kay@example.com", "phone": "+16502530001"}, status=201
-    ).json["user"]
+    ).json["status_token"]
     holder = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
     holder.execute("BEGIN IMMEDIATE")
     try:
@@ -194,9 +217,12 @@ def test_every_response_matches_the_document_and_every_status_happens(
         conform.check(
             verify,
             "post",
-            locked.post_json(
-                f"/api/users/{kay['id']}/verify-phone", {"code": "123456"}, status=503
-            ),
+            locked.post_json(f"/api/status/{kay}/verify-phone", {"code": "123456"}, status=503),
+        )
+        conform.check(
+            again,
+            "post",
+            locked.post_json(f"/api/status/{kay}/resend", {"channel": "sms"}, status=503),
         )
     finally:
         holder.rollback()
@@ -210,6 +236,6 @@ def test_every_response_matches_the_document_and_every_status_happens(
             sms_sender=sms,
         )
     )
-    conform.check(one, "get", unreachable.get(f"/api/users/{ada['id']}", status=503))
+    conform.check(one, "get", unreachable.get(f"/api/status/{ada['token']}", status=503))
 
     assert conform.unexercised() == {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError
-from tests.functional.helpers import ADA, HOME, make_testapp, register
+from tests.functional.helpers import ADA, HOME, make_testapp, register, register_in_browser
 
 
 def test_registrations_over_the_limit_get_429_with_retry_after(settings, publisher):
@@ -43,15 +43,16 @@ def test_the_form_and_the_api_share_the_registration_limit(settings, publisher):
 
 def test_verification_attempts_are_limited_across_link_form_and_api(settings, publisher):
     testapp = make_testapp(settings, publisher, rate_limit_verifications="3/minute")
-    uid = register(testapp).json["user"]["id"]
+    verify_api = register(testapp).headers["Location"] + "/verify-phone"
+    register_in_browser(testapp, {**ADA, "email": "b@example.com", "phone": "+44 7911 123457"})
     testapp.get("/verify-email/forged", status=400)
-    testapp.post_json(f"/api/users/{uid}/verify-phone", {"code": "000000"}, status=400)
-    csrf = testapp.get(f"/users/{uid}").forms["verify-phone-form"]["csrf_token"].value
-    testapp.post(f"/users/{uid}/verify-phone", {"csrf_token": csrf, "code": "1"}, status=400)
-    api = testapp.post_json(f"/api/users/{uid}/verify-phone", {"code": "000000"}, status=429)
+    testapp.post_json(verify_api, {"code": "000000"}, status=400)
+    csrf = testapp.get("/status").forms["verify-phone-form"]["csrf_token"].value
+    testapp.post("/status/verify-phone", {"csrf_token": csrf, "code": "1"}, status=400)
+    api = testapp.post_json(verify_api, {"code": "000000"}, status=429)
     assert api.json["error"] == "too_many_requests" and "Retry-After" in api.headers
     assert "Retry-After" in testapp.get("/verify-email/forged", status=429).headers
-    page = testapp.post(f"/users/{uid}/verify-phone", {"csrf_token": csrf, "code": "1"}, status=429)
+    page = testapp.post("/status/verify-phone", {"csrf_token": csrf, "code": "1"}, status=429)
     assert "Retry-After" in page.headers
 
 

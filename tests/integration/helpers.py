@@ -40,7 +40,18 @@ def register(
     )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
+    # The status opens with the token handed out once, not with the id: keep it with the user.
+    body["user"]["status_token"] = body["status_token"]
     return body
+
+
+def status_of(base_url: str, user: dict[str, Any], session: Any = None) -> dict[str, Any]:
+    """The user as GET /api/status/<token> describes it."""
+    http = session or requests
+    response = http.get(f"{base_url}/api/status/{user['status_token']}", timeout=10)
+    response.raise_for_status()
+    described: dict[str, Any] = response.json()["user"]
+    return described
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
@@ -80,3 +91,32 @@ def assert_delivered_once(stack: Any, users: list[dict[str, Any]], *, timeout: f
     sms_counts = deliveries(stack, "sms", phones)
     assert set(email_counts.values()) == {1}, f"emails sent twice: {email_counts.most_common(3)}"
     assert set(sms_counts.values()) == {1}, f"SMS sent twice: {sms_counts.most_common(3)}"
+
+
+def ledger_statuses(stack: Any, users: list[dict[str, Any]]) -> list[str]:
+    """The notification statuses of `users` as the database has them now."""
+    from sqlalchemy import select
+
+    from app.db import make_engine
+    from app.models import Notification
+
+    engine = make_engine(stack.database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(Notification.status).where(
+                    Notification.user_id.in_([u["id"] for u in users])
+                )
+            )
+            return [status for (status,) in rows]
+    finally:
+        engine.dispose()
+
+
+def wait_until_confirmed(stack: Any, users: list[dict[str, Any]], *, timeout: float = 15) -> None:
+    """Until the broker confirmed every job of `users` (the web marks their rows `queued`)."""
+    wait_for(
+        lambda: set(ledger_statuses(stack, users)) == {"queued"},
+        timeout=timeout,
+        what="the broker's confirms to mark every job queued",
+    )

@@ -20,7 +20,9 @@ def test_queued_registration_reaches_both_sinks_exactly_once(stack):
     assert_delivered_once(stack, [user], timeout=30)
     email = next(r for r in stack.sinks["smtp"].records() if r["to"] == user["email"])
     assert f"{stack.base_url}/verify-email/" in email["text"]
-    notifications = requests.get(f"{stack.base_url}/api/users/{user['id']}", timeout=10).json()
+    notifications = requests.get(
+        f"{stack.base_url}/api/status/{user['status_token']}", timeout=10
+    ).json()
     assert {n["status"] for n in notifications["user"]["notifications"]} == {"sent"}
 
 

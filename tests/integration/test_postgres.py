@@ -56,9 +56,10 @@ def test_migrations_match_the_models_on_postgres(postgres_url):
 def test_registration_and_duplicates_on_postgres(postgres_url):
     testapp = make_testapp(postgres_url)
     user = unique_user("pg")
-    created = testapp.post_json("/api/users?mode=serial", user, status=201).json["user"]
+    response = testapp.post_json("/api/users?mode=serial", user, status=201)
+    created = response.json["user"]
     assert [n["status"] for n in created["notifications"]] == ["sent", "sent"]
-    fetched = testapp.get(f"/api/users/{created['id']}").json["user"]
+    fetched = testapp.get(response.headers["Location"]).json["user"]
     assert fetched["created_at"].endswith("+00:00")
     clash = testapp.post_json("/api/users", {**user, "email": "other@example.com"}, status=409)
     assert list(clash.json["fields"]) == ["phone"]
@@ -104,9 +105,16 @@ def test_two_relays_claim_disjoint_rows_with_skip_locked(postgres_url):
     with sessions() as first, sessions() as second:
         a = {
             n.id
-            for n in claim_pending(first, relay_id="a", batch_size=pending // 2, grace_seconds=0)
+            for n in claim_pending(
+                first, relay_id="a", batch_size=pending // 2, grace_seconds=0, publish_timeout=1
+            )
         }
-        b = {n.id for n in claim_pending(second, relay_id="b", batch_size=pending, grace_seconds=0)}
+        b = {
+            n.id
+            for n in claim_pending(
+                second, relay_id="b", batch_size=pending, grace_seconds=0, publish_timeout=1
+            )
+        }
     engine.dispose()
     assert len(a) == pending // 2 and a.isdisjoint(b) and len(a | b) == pending
 
@@ -120,3 +128,65 @@ def test_rate_limit_counter_is_shared_through_postgres(postgres_url):
     second.post_json("/api/users", unique_user("rl"), status=201)
     limited = first.post_json("/api/users", unique_user("rl"), status=429)
     assert int(limited.headers["Retry-After"]) > 0
+
+
+def test_case_folded_email_and_expiry_on_postgres(postgres_url):
+    testapp = make_testapp(postgres_url)
+    user = unique_user("Fold")
+    created = testapp.post_json("/api/users?mode=queued", user, status=201).json["user"]
+    shouted = {**user, "email": user["email"].upper(), "phone": unique_user("x")["phone"]}
+    testapp.post_json("/api/users?mode=queued", shouted, status=409)
+    engine = make_engine(postgres_url)
+    with make_session_factory(engine)() as session:
+        session.execute(
+            text("UPDATE users SET created_at = created_at - interval '49 hours' WHERE id = :id"),
+            {"id": created["id"]},
+        )
+        session.commit()
+    engine.dispose()
+    # Expired and never verified: the same address registers again, the old row gives way.
+    testapp.post_json("/api/users?mode=queued", shouted, status=201)
+
+
+def test_sms_budget_is_counted_in_the_registration_transaction_on_postgres(postgres_url):
+    testapp = make_testapp(postgres_url, sms_budget_per_country="1/hour")
+    # A calling code of its own, so other tests' registrations do not count here.
+    first = testapp.post_json(
+        "/api/users?mode=queued", {**unique_user("budget"), "phone": "+33 6 12 34 56 78"}
+    ).json["user"]
+    second = testapp.post_json(
+        "/api/users?mode=queued", {**unique_user("budget"), "phone": "+33 6 12 34 56 79"}
+    ).json["user"]
+    statuses = [{n["channel"]: n["status"] for n in u["notifications"]} for u in (first, second)]
+    assert statuses[0]["sms"] != "held" and statuses[1]["sms"] == "held"
+
+
+def test_a_batch_is_recorded_sent_and_scrubbed_in_one_statement_on_postgres(postgres_url):
+    from app.jobs import encode_job, job_from_dict
+    from app.models import Notification as Row
+    from services.handlers import Claim, RetryPolicy, SendResult, claim_batch, record_batch
+
+    policy = RetryPolicy(max_attempts=3, delays_ms=(100,))
+    testapp = make_testapp(postgres_url)
+    token = testapp.post_json("/api/users?mode=queued", unique_user("scrub"), status=201).json[
+        "status_token"
+    ]
+    engine = make_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    user_id = testapp.get(f"/api/status/{token}").json["user"]["id"]
+    with sessions() as session:
+        rows = session.query(Row).filter_by(user_id=user_id).all()
+        bodies = {row.channel: encode_job(job_from_dict(row.payload)) for row in rows}
+    claims = []
+    for channel, body in bodies.items():
+        (claim,) = claim_batch([body], channel=channel, sessions=sessions, policy=policy)
+        assert isinstance(claim, Claim)
+        claims.append(claim)
+    record_batch([SendResult(claim, None) for claim in claims], sessions=sessions, policy=policy)
+    with sessions() as session:
+        rows = session.query(Row).filter_by(user_id=user_id).all()
+        assert {row.status for row in rows} == {"sent"}
+        for row in rows:
+            assert "verify-email" not in str(row.payload) and "code is" not in str(row.payload)
+            assert row.payload["notification_id"] == row.id
+    engine.dispose()

@@ -4,6 +4,7 @@ parked jobs land in their queue."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import gevent
@@ -75,5 +76,35 @@ def test_quorum_topology_confirms_retries_and_parks(stack):
             what="the parked job",
         )
         connection.close()
+    finally:
+        stack.node.ctl("delete_vhost", vhost)
+
+
+def test_quorum_queues_dead_letter_at_least_once(stack):
+    """Issue 10, item 11: a quorum queue that dead-letters (work queue to parked, retry queue
+    back to work) does it at least once, which RabbitMQ allows with overflow reject-publish."""
+    assert stack.node is not None
+    vhost = f"quorum-dlx-{uuid.uuid4().hex[:8]}"
+    assert stack.node.ctl("add_vhost", vhost).returncode == 0
+    assert stack.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*").returncode == 0
+    url = stack.amqp_url.rsplit("/", 1)[0] + f"/{vhost}"
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        declare_topology(connection.channel(), DELAYS, queue_type="quorum")
+        connection.close()
+        listed = stack.node.ctl(
+            "list_queues", "-p", vhost, "name", "arguments", "--formatter", "json"
+        )
+        assert listed.returncode == 0, listed.stderr
+        # rabbitmqctl's JSON shape for arguments varies by version: read them as text.
+        arguments = {
+            queue["name"]: json.dumps(queue["arguments"]) for queue in json.loads(listed.stdout)
+        }
+        for name in ("email", "sms"):
+            for queue in (work_queue(name), retry_queue(name, DELAYS[0])):
+                assert '"x-dead-letter-strategy"' in arguments[queue], arguments[queue]
+                assert '"at-least-once"' in arguments[queue], arguments[queue]
+                assert '"x-overflow"' in arguments[queue], arguments[queue]
+                assert '"reject-publish"' in arguments[queue], arguments[queue]
     finally:
         stack.node.ctl("delete_vhost", vhost)

@@ -41,3 +41,15 @@ def test_a_stall_longer_than_the_threshold_is_counted():
 
 def test_off_by_default_counts_nothing():
     assert probe(0) == (0.0, 0.0)
+
+
+def test_the_startup_heap_is_left_out_of_later_collections():
+    import gc
+
+    from app.hubwatch import freeze_startup_heap
+
+    freeze_startup_heap()
+    try:
+        assert gc.get_freeze_count() > 1000  # this test process's imports, at least
+    finally:
+        gc.unfreeze()

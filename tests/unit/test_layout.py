@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +44,20 @@ def test_the_probe_sees_flask_when_it_is_imported() -> None:
         check=True,
     )
     assert result.stdout.strip() == "True"
+
+
+def test_gunicorn_refuses_a_bad_setting_with_the_one_line_error() -> None:
+    # gunicorn reads gunicorn.conf.py before any worker exists: a bad value must stop it there
+    # with the same message `python wsgi.py` gives, not a traceback.
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    result = subprocess.run(
+        [str(gunicorn), "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PORT": "abc"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "configuration error: PORT must be a whole number, not 'abc'\n"

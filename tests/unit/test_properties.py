@@ -258,7 +258,7 @@ def test_any_text_reads_as_a_claim_or_invalid_token(token):
 @given(st.text(string.hexdigits, min_size=1, max_size=32), st.emails())
 def test_a_genuine_token_reads_back(user_id, email):
     claim = read_email_token(SECRET, make_email_token(SECRET, user_id, email), max_age=3600)
-    assert claim.user_id == user_id
+    assert claim.verification_id == user_id
     assert email not in make_email_token(SECRET, user_id, email)
 
 

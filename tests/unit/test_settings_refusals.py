@@ -60,3 +60,10 @@ def test_the_smtp_sender_itself_refuses_a_login_without_tls():
     with pytest.raises(ValueError, match="in clear"):
         SmtpEmailSender("127.0.0.1", 25, mail_from="a@b.c", username="u", password="p")
     SmtpEmailSender("127.0.0.1", 25, mail_from="a@b.c", username="u", allow_insecure_login=True)
+
+
+def test_a_sweep_bound_shorter_than_a_retry_is_refused():
+    # A row waiting out its longest retry delay (and a send lease) is not lost: not swept.
+    with pytest.raises(ConfigError, match="RELAY_SWEEP_AFTER_SECONDS"):
+        load_settings({"RETRY_DELAYS_MS": "1000,120000", "RELAY_SWEEP_AFTER_SECONDS": "130"})
+    load_settings({"RETRY_DELAYS_MS": "1000,120000", "RELAY_SWEEP_AFTER_SECONDS": "151"})

@@ -1,0 +1,93 @@
+"""The target table's arithmetic on made-up points (no run): each sweep target is judged for
+each server shape, and a figure on the wrong side of its bound is a MISS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.stalls import LogLineCounter
+from bench.targets import evaluate
+
+RPS = {"noop": 3000, "insert-only": 400, "serial": 100, "parallel": 150, "queued": 350}
+P50 = {"noop": 1.0, "insert-only": 3.0, "serial": 110.0, "parallel": 60.0, "queued": 4.0}
+WEB_CPU = {"noop": 0.4, "insert-only": 1.2, "serial": 3.0, "parallel": 3.0, "queued": 1.6}
+
+
+def point(server: str, mode: str, level: int, **changes: Any) -> dict[str, Any]:
+    figures = {
+        "mode": mode,
+        "concurrency": level,
+        "tcp_nodelay": True,
+        "server": server,
+        "rps": RPS[mode],
+        "latency_ms": {"p50": P50[mode]},
+        "server_ms": {},
+        "delivery_ms": None,
+        "hub_stalls": 0,
+        "cpu": {
+            "ms_per_request": {
+                "web": WEB_CPU[mode],
+                "consumers": 1.5 if mode == "queued" else 0.0,
+            }
+        },
+    }
+    figures.update(changes)
+    return figures
+
+
+def sweep(server: str) -> list[dict[str, Any]]:
+    return [point(server, mode, level) for level in (1, 50) for mode in RPS]
+
+
+def results(gunicorn: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "meta": {"sink_delay_ms": 50, "hub_block_ms": 20, "server": "wsgi"},
+        "points": sweep("wsgi"),
+        "other_servers": [{"server": "gunicorn", "workers": 2, "points": gunicorn}],
+    }
+
+
+def by_key(run: dict[str, Any]) -> dict[str, str]:
+    return {target["key"]: target["status"] for target in evaluate(run)}
+
+
+def test_sweep_targets_pass_for_both_shapes():
+    statuses = by_key(results(sweep("gunicorn")))
+    for key in (
+        "web-cpu-insert",
+        "web-cpu-queued",
+        "consumer-cpu",
+        "order-p50",
+        "order-rps",
+        "queued-vs-serial",
+        "throughput",
+        "queued",
+        "stalls",
+    ):
+        assert statuses[key] == "PASS", key
+        assert statuses[f"{key}@gunicorn"] == "PASS", key
+    # nothing measured for the extras and the peer
+    assert statuses["peer-drain-0ms"] == statuses["nodelay"] == "N/A"
+
+
+def test_a_miss_on_the_second_shape_is_its_own():
+    gunicorn = sweep("gunicorn")
+    for figures in gunicorn:
+        if figures["mode"] == "queued" and figures["concurrency"] == 50:
+            figures.update(hub_stalls=2, rps=120.0, latency_ms={"p50": 70.0})
+            figures["cpu"]["ms_per_request"]["consumers"] = 2.5
+    statuses = by_key(results(gunicorn))
+    for key in ("stalls", "queued-vs-serial", "order-p50", "order-rps", "consumer-cpu"):
+        assert statuses[f"{key}@gunicorn"] == "MISS", key
+        assert statuses[key] == "PASS", key
+
+
+def test_stall_lines_are_counted_once_each_even_when_split(tmp_path):
+    log = tmp_path / "web.log"
+    counter = LogLineCounter(log)
+    assert counter.count() == 0  # no file yet
+    log.write_bytes(b'{"message": "the event loop was held for over 20 ms by x"}\n{"mess')
+    assert counter.count() == 1
+    with log.open("ab") as file:
+        file.write(b'age": "the event loop was held for over 20 ms by y"}\nother\n')
+    assert counter.count() == 2

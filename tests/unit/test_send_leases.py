@@ -1,0 +1,144 @@
+"""Item 10 of issue 10: no window for a duplicate send.
+
+A stale lease holder never overwrites the ledger, inline sends hold a lease, the grace period
+outlasts the longest inline send, lease times come from the database's clock, and the relay's
+lease covers its whole batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, update
+
+from app.config import ConfigError, Settings
+from app.jobs import encode_job, job_from_dict
+from app.models import Notification
+from app.registration import register_user, validate_registration
+from app.senders import RecordingSender, TransientSendError
+from services.handlers import Claim, RetryPolicy, SendResult, claim_batch, record_batch
+from services.relay import claim_pending
+
+POLICY = RetryPolicy(max_attempts=5, delays_ms=(100, 1000))
+
+
+@pytest.fixture
+def email_row(sessions, settings):
+    with sessions() as session:
+        registered = register_user(
+            session,
+            settings,
+            validate_registration(
+                {"name": "Ann", "email": "ann@example.com", "phone": "+16502530000"}
+            ),
+        )
+        return next(n for n in registered.notifications if n.channel == "email")
+
+
+def expire_leases(sessions):
+    with sessions() as session:
+        session.execute(update(Notification).values(send_lease_until=None))
+        session.commit()
+
+
+def row(sessions, notification_id):
+    with sessions() as session:
+        found = session.get(Notification, notification_id)
+        session.expunge(found)
+        return found
+
+
+def test_a_stale_lease_holder_cannot_overwrite_what_the_new_holder_recorded(sessions, email_row):
+    body = encode_job(job_from_dict(email_row.payload))
+    (first,) = claim_batch([body], channel="email", sessions=sessions, policy=POLICY)
+    assert isinstance(first, Claim)
+    expire_leases(sessions)  # the first holder stalled past its lease
+    (second,) = claim_batch([body], channel="email", sessions=sessions, policy=POLICY)
+    assert isinstance(second, Claim)
+    record_batch([SendResult(second, None)], sessions=sessions, policy=POLICY)
+    assert row(sessions, email_row.id).status == "sent"
+    # The stalled holder wakes up with a failure: it no longer holds the lease, so the ledger
+    # keeps "sent" (otherwise the retry would send the email a second time).
+    stale = SendResult(first, TransientSendError("451 try later"))
+    record_batch([stale], sessions=sessions, policy=POLICY)
+    assert row(sessions, email_row.id).status == "sent"
+
+
+class LeaseProbe(RecordingSender):
+    """While the request sends inline, a consumer holding a relayed copy tries to claim it."""
+
+    def __init__(self, sessions_holder):
+        super().__init__()
+        self.sessions_holder = sessions_holder
+        self.claims = []
+
+    def send(self, job):
+        body = encode_job(job)
+        self.claims.append(
+            claim_batch([body], channel=job.kind, sessions=self.sessions_holder[0], policy=POLICY)[
+                0
+            ]
+        )
+        super().send(job)
+
+
+@pytest.fixture
+def probe_holder():
+    return []
+
+
+@pytest.fixture
+def email_sender(probe_holder):
+    return LeaseProbe(probe_holder)
+
+
+def test_inline_sends_hold_a_send_lease(testapp, sessions, probe_holder, email_sender):
+    probe_holder.append(sessions)
+    user = {"name": "Bo", "email": "bo@example.com", "phone": "+16502530001"}
+    created = testapp.post_json("/api/users?mode=serial", user, status=201).json["user"]
+    assert len(email_sender.sent) == 1
+    # The consumer was told to come back later, not handed the row to send a second time.
+    assert not any(isinstance(claim, Claim) for claim in email_sender.claims)
+    statuses = {n["channel"]: n["status"] for n in created["notifications"]}
+    assert statuses == {"email": "sent", "sms": "sent"}
+
+
+@pytest.mark.parametrize("timeouts", [{"smtp_timeout": 10.0}, {"sms_timeout": 10.0}])
+def test_the_relay_grace_must_outlast_the_longest_inline_send(timeouts):
+    with pytest.raises(ConfigError, match="RELAY_GRACE_SECONDS"):
+        Settings(relay_grace_seconds=5.0, **timeouts).validate()
+
+
+def test_the_default_grace_outlasts_both_inline_sends():
+    settings = Settings().validate()
+    assert settings.relay_grace_seconds > settings.smtp_timeout + settings.sms_timeout
+
+
+def test_leases_are_timed_by_the_database_clock(sessions, email_row):
+    """No lease UPDATE sends this host's idea of the time: the database supplies it."""
+    from datetime import datetime
+
+    sent_times = []
+    engine = sessions.kw["bind"]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE"):
+            rows = parameters if executemany else [parameters]
+            for params in rows:
+                values = params.values() if isinstance(params, dict) else params
+                sent_times.extend(
+                    v for v in values if isinstance(v, datetime | str) and ":" in str(v)
+                )
+
+    body = encode_job(job_from_dict(email_row.payload))
+    claim_batch([body], channel="email", sessions=sessions, policy=POLICY)
+    with sessions() as session:
+        claim_pending(session, relay_id="r1", batch_size=10, grace_seconds=0, publish_timeout=1.0)
+    event.remove(engine, "before_cursor_execute", capture)
+    assert sent_times == []
+
+
+def test_the_relay_lease_covers_a_whole_batch_of_confirmed_publishes():
+    from services.relay import relay_lease_seconds
+
+    assert relay_lease_seconds(batch_size=200, publish_timeout=1.0) > 200
