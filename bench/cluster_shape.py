@@ -17,7 +17,10 @@ SOAK_ENV = {
     "RETRY_DELAYS_MS": "250,500,1000,2000",
     "MAX_ATTEMPTS": "12",
     "SEND_LEASE_SECONDS": "5",
-    "RELAY_GRACE_SECONDS": "2",
+    # Longer than SMTP_TIMEOUT + SMS_TIMEOUT (the longest inline send), so it starts.
+    "SMTP_TIMEOUT": "2",
+    "SMS_TIMEOUT": "2",
+    "RELAY_GRACE_SECONDS": "5",
     "RELAY_INTERVAL": "0.5",
     "WEB_POOL_SIZE": "2000",
     "DATABASE_POOL_SIZE": "60",

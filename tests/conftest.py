@@ -191,7 +191,10 @@ def cluster() -> Iterator[Any]:
             "RETRY_DELAYS_MS": "200,400,800",
             "MAX_ATTEMPTS": "12",
             "SEND_LEASE_SECONDS": "3",
-            "RELAY_GRACE_SECONDS": "2",
+            "SMS_TIMEOUT": "1",
+            "SMTP_TIMEOUT": "2",
+            # Longer than SMTP_TIMEOUT + SMS_TIMEOUT, the longest inline send.
+            "RELAY_GRACE_SECONDS": "3.5",
             "RELAY_INTERVAL": "0.5",
             "CONSUMER_CONCURRENCY": "8",
             "CONSUMER_PREFETCH": "16",
