@@ -21,6 +21,10 @@ SOAK_ENV = {
     "SMTP_TIMEOUT": "2",
     "SMS_TIMEOUT": "2",
     "RELAY_GRACE_SECONDS": "5",
+    # The backstop for what the broker holds back: at a leader's death, RabbitMQ 3.10 kept
+    # jobs a retry queue had to dead-letter (at least once) without ever delivering them; the
+    # relay's sweeper republishes rows left queued this long (the ledger stops a second send).
+    "RELAY_SWEEP_AFTER_SECONDS": "60",
     "RELAY_INTERVAL": "0.5",
     "WEB_POOL_SIZE": "2000",
     "DATABASE_POOL_SIZE": "60",

@@ -196,6 +196,8 @@ def cluster() -> Iterator[Any]:
             # Longer than SMTP_TIMEOUT + SMS_TIMEOUT, the longest inline send.
             "RELAY_GRACE_SECONDS": "3.5",
             "RELAY_INTERVAL": "0.5",
+            # The sweeper is the backstop for jobs a quorum queue holds back at a leader's death.
+            "RELAY_SWEEP_AFTER_SECONDS": "30",
             "CONSUMER_CONCURRENCY": "8",
             "CONSUMER_PREFETCH": "16",
             "OPS_TOKEN": CLUSTER_OPS_TOKEN,
