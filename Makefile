@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: run test check wheel-check bench soak lock clean rabbitmq chromium postgresql deps
+.PHONY: run cluster test check wheel-check bench soak soak-cluster lock clean rabbitmq chromium postgresql nginx deps
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,13 +43,25 @@ postgresql:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	fi
 
+# Debian's nginx, for make cluster and the tests behind TLS (a private instance per run).
+nginx:
+	@if [ ! -x /usr/sbin/nginx ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing nginx (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	fi
+
 run: deps rabbitmq
 	$(BIN)/python -m devstack.stack
+
+# The production shape: nginx (TLS) -> gunicorn, PostgreSQL, three RabbitMQ nodes (quorum).
+cluster: deps rabbitmq postgresql nginx
+	$(BIN)/python -m devstack.cluster $(CLUSTER_ARGS)
 
 test: deps
 	@[ -x $(RABBITMQ_SERVER) ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory rabbitmq
 	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory chromium
 	@$(MAKE) --no-print-directory postgresql
+	@$(MAKE) --no-print-directory nginx
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: deps
@@ -65,6 +77,10 @@ bench: deps rabbitmq
 
 soak: deps rabbitmq
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# The same soak on make cluster's shape, a leader-node SIGKILL in place of the broker restart.
+soak-cluster: deps rabbitmq postgresql nginx
+	$(BIN)/python -m bench.soak --cluster $(SOAK_ARGS)
 
 # Regenerate the lock files from pyproject.toml, with hashes (uv comes with the dev extra).
 # The production lock is constrained by the dev one, so both pin the same versions.

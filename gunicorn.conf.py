@@ -4,6 +4,7 @@ Addresses come from the application's settings (HOST, PORT). Never `preload_app`
 app, and with it each worker's broker connections, must be created after the fork.
 """
 
+import os
 from typing import Any
 
 from app.config import load_settings_or_exit
@@ -19,6 +20,24 @@ preload_app = False
 graceful_timeout = 10
 keepalive = 5
 accesslog = None
+
+
+def on_starting(_server: Any) -> None:
+    # prometheus-client's multiprocess mode: files left by an earlier run would be summed in.
+    folder = _settings.prometheus_multiproc_dir
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    # A dead worker's live gauges leave the sum (its counters stay counted).
+    if _settings.prometheus_multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, _settings.prometheus_multiproc_dir)
 
 
 def post_worker_init(worker: Any) -> None:

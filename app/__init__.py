@@ -117,7 +117,11 @@ def register_dispatcher(
         email_sender=email_sender or SmtpEmailSender.from_settings(settings),
         sms_sender=sms_sender or HttpSmsSender.from_settings(settings),
         publisher=publisher
-        or PikaPublisher(settings.amqp_url, retry_delays_ms=settings.retry_delays_ms),
+        or PikaPublisher(
+            settings.amqp_url,
+            retry_delays_ms=settings.retry_delays_ms,
+            queue_type=settings.queue_type,
+        ),
         publish_timeout=settings.publish_timeout,
         queued_marker=QueuedMarker(offload.sessions, interval=settings.queued_mark_interval),
         inline_lease_seconds=settings.inline_send_seconds,
@@ -125,9 +129,10 @@ def register_dispatcher(
 
 
 def register_blueprints(app: Flask) -> None:
-    from app import api, compare, health, web
+    from app import api, compare, health, ops, web
     from app.security import csrf
 
+    app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(health.bp)

@@ -6,12 +6,13 @@ test keeps the two in step.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 from app import accounts
 from app.extension import get_session, offload
@@ -200,15 +201,35 @@ def register_error_handlers(app: Flask) -> None:
                 response.headers[name] = value
         return response
 
+    @app.errorhandler(DBAPIError)
+    def database_error(exc: DBAPIError) -> Any:
+        # A PostgreSQL server starting up or shutting down refuses with SQLSTATE class 57
+        # (57P03 "the database system is starting up"), which pg8000 reports as a plain
+        # DatabaseError; a lost connection is class 08. Both are worth a retry, not a 500.
+        if exc.connection_invalidated or _sqlstate(exc)[:2] in ("08", "57"):
+            return database_unavailable(exc)
+        current_app.log_exception(sys.exc_info())
+        failed = InternalServerError()
+        return http_error(failed) if request.path.startswith("/api/") else failed
+
     @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
     @app.errorhandler(PoolTimeout)
-    def database_unavailable(exc: OperationalError | PoolTimeout) -> Any:
-        # SQLite's write lock held past the busy timeout, the database server unreachable, or
-        # no pooled connection free within DATABASE_POOL_TIMEOUT: the transaction was rolled
-        # back (or never began), so the client may simply try again.
+    def database_unavailable(exc: DBAPIError | PoolTimeout) -> Any:
+        # SQLite's write lock held past the busy timeout, the database server unreachable or
+        # restarting (pg8000 says "network error", an InterfaceError, when the server drops a
+        # connection mid-transaction), or no pooled connection free within
+        # DATABASE_POOL_TIMEOUT: the transaction was rolled back (or never began), so the
+        # client may simply try again.
         current_app.logger.warning("database unavailable: %s", getattr(exc, "orig", None) or exc)
         unavailable = ServiceUnavailable(
             "The database is busy or unreachable; nothing was changed. Try again in a moment.",
             retry_after=DATABASE_RETRY_AFTER_SECONDS,
         )
         return http_error(unavailable) if request.path.startswith("/api/") else unavailable
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    """The SQLSTATE pg8000 put in its error ("" for other drivers and errors)."""
+    detail = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+    return str(detail.get("C", "")) if isinstance(detail, dict) else ""

@@ -36,6 +36,8 @@ class Settings:
     database_url: str = "sqlite:///instance/offload.db"
     # SQLite: how long a writer waits for another's lock before the request answers 503.
     database_busy_timeout: float = 5.0
+    # One broker, or a cluster's nodes separated by commas: clients connect to the first that
+    # answers and move to another when it goes away.
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     dispatch_mode: str = "queued"
     host: str = "127.0.0.1"
@@ -140,6 +142,13 @@ class Settings:
     # `whsec_` and base64), and is required when there is an endpoint.
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str = ""
+    # `make cluster` only: the port nginx terminates TLS on.
+    cluster_tls_port: int = 8443
+    # The operator page /ops answers only with this token (header or ?token=); empty: no page.
+    ops_token: str = ""
+    # gunicorn: the folder where prometheus-client's multiprocess mode keeps each worker's
+    # metrics (prometheus-client reads this variable itself); emptied when gunicorn starts.
+    prometheus_multiproc_dir: str = ""
 
     def validate(self) -> Settings:
         if self.dispatch_mode not in DISPATCH_MODES:
@@ -176,6 +185,8 @@ class Settings:
             raise ConfigError("DATABASE_POOL_SIZE must be 0 or more, DATABASE_POOL_TIMEOUT above 0")
         if self.web_header_timeout <= 0 or self.web_idle_timeout <= 0:
             raise ConfigError("WEB_HEADER_TIMEOUT and WEB_IDLE_TIMEOUT must be above 0")
+        if not any(url.strip() for url in self.amqp_url.split(",")):
+            raise ConfigError("AMQP_URL must name at least one broker (amqp://...)")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"QUEUE_TYPE must be classic or quorum, not {self.queue_type!r}")
         if not 0 <= self.queued_mark_interval < self.relay_grace_seconds:
@@ -380,6 +391,9 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SINK_DELAY_MS": ("sink_delay_ms", _float),
     "WEBHOOK_URLS": ("webhook_urls", _urls),
     "WEBHOOK_SECRET": ("webhook_secret", str),
+    "CLUSTER_TLS_PORT": ("cluster_tls_port", _int),
+    "OPS_TOKEN": ("ops_token", str),
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", str),
 }
 
 

@@ -176,7 +176,24 @@ def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) 
         # A bare postgresql:// URL gets pg8000: it is pure Python, so under gevent its socket
         # waits yield to the hub (SQLAlchemy's own default driver would block it).
         url = url.set(drivername="postgresql+pg8000")
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    if url.drivername == "postgresql+pg8000":
+        event.listen(engine, "do_connect", _connect_reporting_socket_errors)
+    return engine
+
+
+def _connect_reporting_socket_errors(
+    dialect: Dialect, _record: Any, cargs: Any, cparams: Any
+) -> Any:
+    """pg8000 lets a socket error while it opens a connection escape as a bare OSError (a
+    server shutting down resets the connection mid-handshake). Raised as the driver's own
+    InterfaceError instead, SQLAlchemy wraps it like every other lost connection, and the views
+    answer 503 with Retry-After rather than 500."""
+    dbapi = dialect.loaded_dbapi
+    try:
+        return dbapi.connect(*cargs, **cparams)
+    except OSError as exc:
+        raise dbapi.InterfaceError(f"cannot connect: {exc!r}") from exc
 
 
 def pool_options(database_url: str, *, size: int, timeout: float) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pika.channel import Channel
 
 from app.events import EventMessage
 from app.jobs import EVENTS_EXCHANGE, JOBS_EXCHANGE, Job, encode_job
-from app.topology import connection_parameters, declare_topology_once
+from app.topology import cluster_parameters, declare_topology_once
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ class Publisher(Protocol):
 
     def warm_up(self) -> None:
         """Start connecting now, so the first request does not pay for it (never raises)."""
+
+    def check(self, *, timeout: float) -> None:
+        """Return once a channel to the broker is open; raise PublishError if none within
+        `timeout` (readiness)."""
 
     def close(self) -> None: ...
 
@@ -155,7 +159,11 @@ class PikaPublisher:
         name: str = "offload-web",
         webhooks: Sequence[str] = (),
     ) -> None:
-        self._params = connection_parameters(amqp_url, name=name)
+        # AMQP_URL may list a cluster's nodes: one connection at a time, to the first that
+        # answers; when it goes away the next connect starts from the following node.
+        self._params = cluster_parameters(amqp_url, name=name)
+        self._node = 0
+        self._attempts_left = 0
         self._webhooks = tuple(webhooks)
         self._retry_delays_ms = tuple(retry_delays_ms)
         self._queue_type = queue_type
@@ -184,6 +192,10 @@ class PikaPublisher:
                 log.warning("publisher warm-up: %s (requests will retry)", exc)
 
         gevent.spawn(connect)
+
+    def check(self, *, timeout: float) -> None:
+        with gevent.Timeout(timeout, PublishTimeout(f"no channel within {timeout:.3f}s")):
+            self._ready_channel()
 
     def publish(
         self,
@@ -257,6 +269,7 @@ class PikaPublisher:
         connecting = self._connecting
         if connecting is None:
             connecting = self._connecting = gevent.event.Event()
+            self._attempts_left = len(self._params)
             # Connecting (topology included) runs in a greenlet of its own, bounded by pika's
             # socket and stack timeouts: a publisher's budget only stops its own wait, and can
             # never fire in the middle of the connect and leave it half done.
@@ -270,32 +283,39 @@ class PikaPublisher:
 
     def _connect(self) -> None:
         # Whatever happens here, the greenlets waiting for the connection are released: by
-        # pika's callbacks once it holds the connection, otherwise by the `finally`.
+        # pika's callbacks once it holds the connection, otherwise by `_connect_failed`.
+        params = self._params[self._node % len(self._params)]
         handed_to_pika = False
+        error, retry = "connecting was interrupted", False
         try:
             if not self._topology_declared:
                 declare_topology_once(
-                    self._params, self._retry_delays_ms, self._queue_type, self._webhooks
+                    params, self._retry_delays_ms, self._queue_type, self._webhooks
                 )
                 self._topology_declared = True
             self._connection = GeventConnection(
-                self._params,
+                params,
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=lambda _conn, exc: self._connect_failed(repr(exc)),
                 on_close_callback=self._on_connection_closed,
             )
             handed_to_pika = True
         except (pika.exceptions.AMQPError, OSError) as exc:
-            self._connect_failed(repr(exc))
+            error, retry = repr(exc), True
         finally:
-            if not handed_to_pika and self._connecting is not None:
-                self._connect_failed("connecting was interrupted")
+            if not handed_to_pika:
+                self._connect_failed(error, retry=retry)
 
-    def _connect_failed(self, error: str) -> None:
+    def _connect_failed(self, error: str, *, retry: bool = True) -> None:
         log.warning("cannot connect to the broker: %s", error)
         self._last_error = error
-        self._unreachable_until = time.monotonic() + self._reconnect_pause
         self._connection = None
+        self._node += 1
+        self._attempts_left -= 1
+        if retry and self._attempts_left > 0:
+            gevent.spawn(self._connect)  # the next node of the list; the waiters keep waiting
+            return
+        self._unreachable_until = time.monotonic() + self._reconnect_pause
         self._finish_connecting()
 
     def _finish_connecting(self) -> None:
@@ -360,6 +380,8 @@ class PikaPublisher:
             reason,
         )
         self._fail_pending(f"connection closed: {reason!r}")
+        if not closed_by_us:
+            self._node += 1  # that node may be gone: try the next one first
         self._channel = None
         self._connection = None
         self._last_error = repr(reason)
@@ -409,6 +431,10 @@ class InMemoryPublisher:
 
     def warm_up(self) -> None:
         pass
+
+    def check(self, *, timeout: float) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
 
     def close(self) -> None:
         pass

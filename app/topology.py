@@ -24,8 +24,20 @@ from app.jobs import (
 )
 
 
+def amqp_urls(amqp_url: str) -> list[str]:
+    """AMQP_URL names one broker, or the nodes of a cluster separated by commas."""
+    return [url.strip() for url in amqp_url.split(",") if url.strip()]
+
+
+def cluster_parameters(amqp_url: str, **overrides: Any) -> list[pika.URLParameters]:
+    """One set of parameters per node in AMQP_URL, in its order: pika's BlockingConnection
+    tries them in turn and keeps the first that answers."""
+    return [connection_parameters(url, **overrides) for url in amqp_urls(amqp_url)]
+
+
 def connection_parameters(amqp_url: str, **overrides: Any) -> pika.URLParameters:
-    params = pika.URLParameters(amqp_url)
+    """Parameters for the first (or only) broker in `amqp_url`."""
+    params = pika.URLParameters(amqp_urls(amqp_url)[0])
     # A dead broker is noticed within a minute, and a blocked one (memory or disk alarm) never
     # holds a caller forever.
     params.heartbeat = overrides.get("heartbeat", 30)
@@ -135,7 +147,7 @@ def declare_webhook_queues(
 
 
 def declare_topology_once(
-    params: pika.URLParameters,
+    params: pika.URLParameters | Sequence[pika.URLParameters],
     retry_delays_ms: Sequence[int],
     queue_type: str,
     webhooks: Sequence[str] = (),

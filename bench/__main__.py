@@ -17,6 +17,7 @@ import json
 import math
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"emptied first (default {d.run_dir})",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on make cluster's shape (gunicorn x2 on PostgreSQL, 3 RabbitMQ nodes with "
+        "quorum queues, 2+2 consumers); results in OUT/cluster",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         metavar="RESULTS_JSON",
@@ -242,6 +249,21 @@ def finish(results: dict[str, Any], out: Path) -> str:
     temporary.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
     temporary.replace(path)  # /compare never reads a half-written file
     return text
+
+
+def cluster_options(options: BenchOptions) -> BenchOptions:
+    """--cluster: the same comparison on make cluster's shape. Its results go to a folder of
+    their own; the Nagle part (python wsgi.py without TCP_NODELAY) and the Celery peer (a
+    single node) do not apply to it."""
+    return replace(
+        options,
+        cluster=True,
+        servers=("gunicorn",),  # the Procfile's web line, as the cluster runs it
+        nagle_duration=0,
+        peer_jobs=0,
+        out=options.out / "cluster",
+        run_dir=options.run_dir.with_name(options.run_dir.name + "-cluster"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,9 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         run_dir=args.run_dir,
         command=shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
     )
+    if args.cluster:
+        options = cluster_options(options)
     from bench.flame import FlameError, record_flame_graphs
     from bench.runner import RunDirError, run_bench
     from devstack.broker_node import BrokerNodeError
+    from devstack.cluster import ClusterError
+    from devstack.postgres import PostgresError
     from devstack.stack import StackError
 
     if args.flame:
@@ -299,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             results["dispatch"] = run_dispatch(
                 options.run_dir / "dispatch", args.dispatch_jobs, scaling_jobs=1500
             )
-    except (BrokerNodeError, StackError, RunDirError) as exc:
+    except (BrokerNodeError, StackError, RunDirError, ClusterError, PostgresError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

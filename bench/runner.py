@@ -101,6 +101,7 @@ class BenchOptions:
     out: Path = Path("bench-results")
     run_dir: Path = Path(".run/bench")
     command: str = "python -m bench"
+    cluster: bool = False  # on make cluster's shape (bench/cluster_shape.py)
 
 
 class BenchSession:
@@ -128,7 +129,8 @@ class BenchSession:
         self.delay_ms = float(stack.config.sink_delay_ms)
         self.consumer_concurrency = int(stack.config.consumer_concurrency)
         self.started = time.monotonic()
-        self.server = "wsgi"  # Stack.start() starts `python wsgi.py`
+        # Stack.start() starts `python wsgi.py`; the cluster's stack says it runs gunicorn.
+        self.server: str = getattr(stack, "server", "wsgi")
         self.stalls = LogLineCounter(stack.log_dir / "web.log")
         self.engine = make_engine(stack.database_url)
 
@@ -232,12 +234,17 @@ class BenchSession:
 
     def cpu_parts(self) -> dict[str, list[int]]:
         processes = self.stack.processes
+
+        def pids(*kinds: str) -> list[int]:  # "email", or on the cluster "email-1", "email-2"
+            return [p.pid for name, p in processes.items() if name.split("-")[0] in kinds]
+
+        nodes = getattr(self.stack, "nodes", [self.stack.node])
         parts = {
-            "web": [processes["web"].pid] if "web" in processes else [],
-            "consumers": [processes[n].pid for n in ("email", "sms") if n in processes],
-            "relay": [processes["relay"].pid] if "relay" in processes else [],
+            "web": pids("web"),
+            "consumers": pids("email", "sms"),
+            "relay": pids("relay"),
             "sinks": [sink.process.pid for sink in self.stack.sinks.values()],
-            "rabbitmq": [pid] if self.stack.node and (pid := self.stack.node.pid()) else [],
+            "rabbitmq": [pid for node in nodes if node and (pid := node.pid())],
             "loadgen": [self.loadgen.process.pid],
         }
         return parts
@@ -413,7 +420,11 @@ def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
         f"{options.delay_ms:g} ms, web, consumers x{options.consumer_concurrency}, relay)"
     )
     began = time.monotonic()
-    stack = Stack(stack_config(options))
+    stack: Any = Stack(stack_config(options))
+    if options.cluster:
+        from bench.cluster_shape import cluster_bench_stack
+
+        stack = cluster_bench_stack(options.run_dir, options.delay_ms, options.consumer_concurrency)
     primary, *others = options.servers
     sweeps: dict[str, list[Slice]] = {}
     with stack:

@@ -27,7 +27,10 @@ import pika
 import requests
 
 from app.jobs import CHANNELS, parked_queue
+from app.topology import cluster_parameters
+from bench.cluster_shape import cluster_for_soak, inject_cluster_fault
 from bench.users import UserFactory, capacity
+from devstack.cluster import Cluster
 from devstack.stack import Stack, StackConfig
 
 
@@ -71,7 +74,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _distinct_deliveries(stack: Stack, kind: str, recipients: set[str]) -> Counter[str]:
+def _distinct_deliveries(stack: Stack | Cluster, kind: str, recipients: set[str]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for record in stack.sinks[kind].records():
         if record["to"] in recipients and not record.get("duplicate"):
@@ -79,8 +82,8 @@ def _distinct_deliveries(stack: Stack, kind: str, recipients: set[str]) -> Count
     return counts
 
 
-def _parked(stack: Stack) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(stack.amqp_url))
+def _parked(stack: Stack | Cluster) -> int:
+    connection = pika.BlockingConnection(cluster_parameters(stack.amqp_url, name="soak"))
     try:
         channel = connection.channel()
         return sum(
@@ -92,7 +95,7 @@ def _parked(stack: Stack) -> int:
 
 
 def run_soak(
-    stack: Stack,
+    stack: Stack | Cluster,
     *,
     registrations: int,
     concurrency: int,
@@ -107,13 +110,18 @@ def run_soak(
     lock = threading.Lock()
     accepted: list[dict[str, str]] = []
     done = threading.Event()
+    # The cluster answers over TLS with its own throwaway certificate.
+    verify: str | bool = str(stack.cert_path) if isinstance(stack, Cluster) else True
 
     def client() -> None:
         with requests.Session() as http:
             while (i := next(next_index)) < registrations:
                 try:
                     response = http.post(
-                        f"{stack.base_url}/api/users?mode=queued", json=users[i], timeout=30
+                        f"{stack.base_url}/api/users?mode=queued",
+                        json=users[i],
+                        timeout=30,
+                        verify=verify,
                     )
                     ok = response.status_code == 201
                 except requests.RequestException:
@@ -125,13 +133,18 @@ def run_soak(
                         report.request_errors += 1
 
     def inject_faults() -> None:
-        assert stack.node is not None
         for fraction, fault in ((1 / 3, "broker restart"), (2 / 3, "email consumer SIGKILL")):
             while len(accepted) + report.request_errors < registrations * fraction:
                 if done.wait(0.05):
                     return
-            _say(f"  fault: {fault} after {len(accepted)} registrations")
-            report.faults.append(f"{fault} after {len(accepted)} registrations")
+            count = len(accepted)
+            _say(f"  fault: {fault} after {count} registrations")
+            if isinstance(stack, Cluster):
+                done_what = inject_cluster_fault(stack, fault)
+                report.faults.append(f"{done_what} after {count} registrations")
+                continue
+            report.faults.append(f"{fault} after {count} registrations")
+            assert stack.node is not None
             if fault == "broker restart":
                 stack.node.restart()
             else:
@@ -248,11 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failure-rate", type=float, default=0.05)
     parser.add_argument("--consumer-concurrency", type=int, default=20)
     parser.add_argument("--delay-ms", type=float, default=10.0, help="sink delay, each")
-    parser.add_argument("--run-dir", default=".run/soak")
-    parser.add_argument("--out", default="bench-results/soak.json")
+    parser.add_argument("--run-dir", default=None, help="default .run/soak[-cluster]")
+    parser.add_argument("--out", default=None, help="default bench-results/soak[-cluster].json")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="on make cluster's shape (nginx, gunicorn, PostgreSQL, 3 RabbitMQ nodes), with a "
+        "SIGKILL of the quorum queues' leader node in place of the broker restart",
+    )
     args = parser.parse_args(argv)
-    _say(f"starting a fresh stack in {args.run_dir}")
-    with stack_for_soak(Path(args.run_dir), args.consumer_concurrency, args.delay_ms) as stack:
+    args.run_dir = args.run_dir or f".run/soak{'-cluster' if args.cluster else ''}"
+    _say(f"starting a fresh {'cluster' if args.cluster else 'stack'} in {args.run_dir}")
+    make = cluster_for_soak if args.cluster else stack_for_soak
+    if args.out is None:
+        args.out = f"bench-results/soak{'-cluster' if args.cluster else ''}.json"
+    with make(Path(args.run_dir), args.consumer_concurrency, args.delay_ms) as stack:
         report = run_soak(
             stack,
             registrations=args.registrations,

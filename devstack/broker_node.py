@@ -35,9 +35,23 @@ def rabbitmq_installed() -> bool:
 
 
 class RabbitNode:
-    def __init__(self, base_dir: str | Path, port: int, *, dist_port: int | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: str | Path,
+        port: int,
+        *,
+        dist_port: int | None = None,
+        plugins: tuple[str, ...] = (),
+        extra_conf: str = "",
+        cookie: str | None = None,
+    ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.port = port
+        # A cluster's nodes share one Erlang cookie (in each node's HOME) and may enable plugins
+        # (rabbitmq_prometheus) with their settings in rabbitmq.conf.
+        self.plugins = plugins
+        self.extra_conf = extra_conf
+        self.cookie = cookie
         # RabbitMQ's own default is port + 20000, which overflows for high (free) ports.
         self.dist_port = dist_port or (port + 20000 if port + 20000 <= 65535 else free_port())
         self.nodename = f"offload{port}@localhost"
@@ -74,12 +88,18 @@ class RabbitNode:
                 "(Debian), or set AMQP_URL to a broker you run yourself."
             )
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.base_dir / "enabled_plugins").write_text("[].\n")
+        (self.base_dir / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         (self.base_dir / "advanced.config").write_text("[].\n")
         # The free-disk limit defaults to 50 MB; keep it, but say where to look if it trips.
         (self.base_dir / "rabbitmq.conf").write_text(
-            "loopback_users.guest = true\nlog.file.level = warning\n"
+            "loopback_users.guest = true\nlog.file.level = warning\n" + self.extra_conf
         )
+        if self.cookie is not None:
+            cookie_file = self.base_dir / ".erlang.cookie"
+            if cookie_file.exists():
+                cookie_file.chmod(0o600)
+            cookie_file.write_text(self.cookie)
+            cookie_file.chmod(0o400)  # Erlang refuses a cookie others can read
 
     def ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

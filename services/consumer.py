@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.jobs import PARKED_EXCHANGE, retry_queue, work_queue
 from app.senders import Sender
 from app.shutdown import on_stop_signals
-from app.topology import connection_parameters, declare_topology
+from app.topology import cluster_parameters, declare_topology
 from services.handlers import (
     VERDICTS,
     Handler,
@@ -97,7 +97,8 @@ class Consumer:
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.queue_type = queue_type
-        self.params = connection_parameters(amqp_url, name=f"offload-consumer-{channel}")
+        # One entry per node listed in AMQP_URL: pika connects to the first that answers.
+        self.params = cluster_parameters(amqp_url, name=f"offload-consumer-{channel}")
         self._work: gevent.queue.Queue[Delivery] = gevent.queue.Queue()
         self._results: gevent.queue.Queue[tuple[Delivery, Any]] = gevent.queue.Queue()
         self._send_slots = gevent.lock.BoundedSemaphore(concurrency)
@@ -156,9 +157,12 @@ class Consumer:
         consume_channel.basic_qos(prefetch_count=self.prefetch)
         self._consumer_tag = consume_channel.basic_consume(self.queue, self._on_message)
         self._publish_channel, self._consume_channel = publish_channel, consume_channel
+        node = self._connection._impl.params  # which of the listed nodes answered
         log.info(
-            "consuming %s",
+            "consuming %s on %s:%s",
             self.queue,
+            node.host,
+            node.port,
             extra={"concurrency": self.concurrency, "prefetch": self.prefetch},
         )
 

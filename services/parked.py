@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +30,12 @@ from app.jobs import (
     MalformedJob,
     decode_job,
     parked_queue,
+    retry_queue,
     webhook_name,
     work_queue,
 )
 from app.logs import mask_email, mask_phone
-from app.topology import connection_parameters, declare_topology
+from app.topology import cluster_parameters, declare_topology
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,56 @@ def replay_parked(
     return moved
 
 
+@dataclass(frozen=True)
+class QueueDepth:
+    queue: str
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class BrokerSnapshot:
+    """What the operator page shows of the broker: every queue's depth, and parked jobs."""
+
+    depths: list[QueueDepth]
+    parked: list[ParkedJob]
+
+
+def queue_names(retry_delays_ms: Sequence[int]) -> list[str]:
+    names = []
+    for name in CHANNELS:
+        names += [work_queue(name), *(retry_queue(name, d) for d in retry_delays_ms)]
+        names.append(parked_queue(name))
+    return names
+
+
+def snapshot(amqp_url: str, retry_delays_ms: Sequence[int], *, limit: int) -> BrokerSnapshot:
+    """Queue depths (passive declares: nothing is created) and up to `limit` parked jobs per
+    channel, over a short-lived connection to the first node that answers."""
+    connection = pika.BlockingConnection(cluster_parameters(amqp_url, name="offload-ops"))
+    try:
+        channel = connection.channel()
+        depths = []
+        for queue in queue_names(retry_delays_ms):
+            declared = channel.queue_declare(queue, passive=True).method
+            depths.append(QueueDepth(queue, declared.message_count, declared.consumer_count))
+        parked = [job for name in CHANNELS for job in list_parked(channel, name, limit)]
+        return BrokerSnapshot(depths, parked)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def replay(amqp_url: str, name: str, limit: int) -> int:
+    """`replay_parked` over a short-lived connection (the operator page's button)."""
+    connection = pika.BlockingConnection(cluster_parameters(amqp_url, name="offload-ops"))
+    try:
+        return replay_parked(connection.channel(), name, limit)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
 def purge_parked(channel: pika.adapters.blocking_connection.BlockingChannel, name: str) -> int:
     result = channel.queue_purge(parked_queue(name))
     return int(result.method.message_count)
@@ -152,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.channel != "all" and args.channel not in known:
         parser.error(f"--channel must be one of: {', '.join(known)}, all")
     names = known if args.channel == "all" else (args.channel,)
-    connection = pika.BlockingConnection(connection_parameters(settings.amqp_url, name="parked"))
+    connection = pika.BlockingConnection(cluster_parameters(settings.amqp_url, name="parked"))
     try:
         channel = connection.channel()
         declare_topology(

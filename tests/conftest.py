@@ -6,8 +6,10 @@ import io
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import webtest
@@ -161,3 +163,49 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     )
     with Stack(config) as running:
         yield running
+
+
+# -- the production shape: nginx (TLS), gunicorn, PostgreSQL, three RabbitMQ nodes -----------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """`make cluster`'s harness on free ports, shared by the cluster fault tests and the browser
+    journey through its nginx. Sinks answer after 5 ms; retries and the relay are quick so a
+    fault's redeliveries drain in seconds. Tests that break a part restore it."""
+    from devstack.broker_node import rabbitmq_installed
+    from devstack.cluster import NGINX, Cluster, ClusterConfig
+    from devstack.postgres import postgres_bin
+
+    require(rabbitmq_installed(), "RabbitMQ (apt-get install rabbitmq-server)")
+    require(postgres_bin() is not None, "PostgreSQL (apt-get install postgresql)")
+    require(os.path.exists(NGINX), "Debian's nginx (apt-get install nginx)")
+    # A folder of its own, not pytest's: pytest removes old base folders as other runs on the
+    # machine start, which would pull the nodes' data from under a long session.
+    run_dir = Path(tempfile.mkdtemp(prefix="offload-cluster-"))
+    config = ClusterConfig.on_free_ports(
+        run_dir,
+        sink_delay_ms=5.0,
+        rate_limits=False,
+        extra_env={
+            "RETRY_DELAYS_MS": "200,400,800",
+            "MAX_ATTEMPTS": "12",
+            "SEND_LEASE_SECONDS": "3",
+            "SMS_TIMEOUT": "1",
+            "SMTP_TIMEOUT": "2",
+            # Longer than SMTP_TIMEOUT + SMS_TIMEOUT, the longest inline send.
+            "RELAY_GRACE_SECONDS": "3.5",
+            "RELAY_INTERVAL": "0.5",
+            # The sweeper is the backstop for jobs a quorum queue holds back at a leader's death.
+            "RELAY_SWEEP_AFTER_SECONDS": "30",
+            "CONSUMER_CONCURRENCY": "8",
+            "CONSUMER_PREFETCH": "16",
+            "OPS_TOKEN": CLUSTER_OPS_TOKEN,
+        },
+    )
+    with Cluster(config) as running:
+        yield running
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+CLUSTER_OPS_TOKEN = "cluster-test-operator-token"

@@ -84,6 +84,9 @@ VARIABLES = [
         "ftp://hooks.example/a",
     ),
     ("WEBHOOK_SECRET", "webhook_secret", WEBHOOK_SECRET, WEBHOOK_SECRET, "whsec_not base64!"),
+    ("CLUSTER_TLS_PORT", "cluster_tls_port", "9443", 9443, "https"),
+    ("OPS_TOKEN", "ops_token", "an-operator-token", "an-operator-token", None),
+    ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir", "/run/m", "/run/m", None),
 ]
 ROWS = {row[0]: row for row in VARIABLES}
 # Every row is read on top of this: a key long enough for any BASE_URL (the default key is
