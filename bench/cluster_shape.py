@@ -120,6 +120,10 @@ class ClusterBenchStack:
     def database_url(self) -> str:
         return self.cluster.database_url
 
+    def environment(self) -> dict[str, str]:
+        """The settings every process of the cluster reads (its rendered environment file)."""
+        return dict(self.cluster.env)
+
     def _instances(self, kind: str) -> list[int]:
         count = self.cluster.config.relays if kind == "relay" else self.cluster.config.consumers
         return list(range(1, count + 1))
@@ -142,6 +146,8 @@ def cluster_bench_stack(
         rate_limits=False,
         extra_env={
             "BENCH_MODES": "true",
+            # The comparison picks each request's mode; production refuses that by default.
+            "ALLOW_CLIENT_MODE": "true",
             "CONSUMER_CONCURRENCY": str(consumer_concurrency),
             "CONSUMER_PREFETCH": str(2 * consumer_concurrency),
             "WEB_POOL_SIZE": "1000",

@@ -203,9 +203,11 @@ def cluster() -> Iterator[Any]:
             "OPS_TOKEN": CLUSTER_OPS_TOKEN,
         },
     )
-    with Cluster(config) as running:
-        yield running
-    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        with Cluster(config) as running:
+            yield running
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 CLUSTER_OPS_TOKEN = "cluster-test-operator-token"
