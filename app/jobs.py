@@ -105,10 +105,14 @@ def encode_job(job: Job) -> bytes:
 def job_from_dict(data: Any) -> Job:
     if not isinstance(data, dict):
         raise MalformedJob("job is not a JSON object")
-    if data.get("v") != SCHEMA_VERSION:
-        raise MalformedJob(f"unsupported job version {data.get('v')!r}")
+    version = data.get("v")
+    # `type(...) is int`: JSON `true` equals 1 in Python, and is no version.
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise MalformedJob(f"unsupported job version {version!r}")
     kind = data.get("kind")
-    if kind not in _FIELDS:
+    # A list or object as kind is unhashable: without the str check the lookup would raise
+    # TypeError, which the consumer would retry instead of parking the poison job.
+    if not isinstance(kind, str) or kind not in _FIELDS:
         raise MalformedJob(f"unknown job kind {kind!r}")
     cls, fields = _FIELDS[kind]
     values: dict[str, str] = {}

@@ -192,8 +192,7 @@ job_like = st.fixed_dictionaries(
         st.sampled_from(JOB_KEYS),
         st.sampled_from([1, 2, "1", 1.0, True, None, "", "email", "sms", "fax"]) | json_values,
         max_size=2,
-        # A list or object as the kind is a known bug, pinned by the xfail test below.
-    ).filter(lambda changes: not isinstance(changes.get("kind"), (list, dict))),
+    ),
     st.sets(st.sampled_from(JOB_KEYS), max_size=2),
 )
 
@@ -211,12 +210,6 @@ def test_json_objects_decode_to_a_job_or_malformed(data):
     assert decode_job(encode_job(job)) == job
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TypeError, pytest.fail.Exception),  # once fixed this passes, and strict fails it
-    reason="app/jobs.py: an unhashable kind raises TypeError, not MalformedJob (the consumer "
-    "then retries the poison job instead of parking it); JSON true passes as version 1",
-)
 @pytest.mark.parametrize(
     "body",
     [
