@@ -35,7 +35,7 @@ from app.config import load_settings_or_exit
 from devstack import PROJECT_ROOT
 from devstack.broker_node import BrokerNodeError, RabbitNode
 from devstack.postgres import PostgresError, PostgresServer
-from devstack.processes import terminate
+from devstack.processes import terminate, watch_until_stopped
 from devstack.sinks.process import SinkProcess, free_port, start_sink_process
 
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -622,12 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  sinks record to {cluster.run_dir / 'sinks'}; Ctrl-C stops everything\n",
         flush=True,
     )
-    while not stopping.wait(0.5):
-        for name, process in list(cluster.processes.items()):
-            if process.poll() is not None:
-                print(f"[cluster] {name} exited with {process.returncode}; stopping", flush=True)
-                stopping.set()
-    print("\n[cluster] stopping", flush=True)
+    watch_until_stopped(cluster.processes, stopping, "cluster")
     cluster.stop()
     return 0
 

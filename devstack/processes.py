@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 
 # After SIGKILL a process is gone as soon as the kernel reaps it; this only bounds the wait.
 KILL_WAIT_SECONDS = 5.0
@@ -20,3 +21,15 @@ def terminate(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
             process.kill()
             process.wait(timeout=KILL_WAIT_SECONDS)
     return process.returncode
+
+
+def watch_until_stopped(
+    processes: dict[str, subprocess.Popen[bytes]], stopping: threading.Event, label: str
+) -> None:
+    """Return once `stopping` is set (Ctrl-C) or any of `processes` has exited (it is set then)."""
+    while not stopping.wait(0.5):
+        for name, process in list(processes.items()):
+            if process.poll() is not None:
+                print(f"[{label}] {name} exited with {process.returncode}; stopping", flush=True)
+                stopping.set()
+    print(f"\n[{label}] stopping", flush=True)

@@ -26,7 +26,7 @@ from app.config import load_settings_or_exit, variables_set
 from app.migrate import upgrade
 from devstack import PROJECT_ROOT
 from devstack.broker_node import BrokerNodeError, RabbitNode
-from devstack.processes import terminate
+from devstack.processes import terminate, watch_until_stopped
 from devstack.sinks.process import SinkProcess, free_port, start_sink_process
 
 READY_TIMEOUT = 30.0
@@ -352,12 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  logs in {stack.log_dir}; Ctrl-C stops everything\n",
         flush=True,
     )
-    while not stopping.wait(0.5):
-        for name, process in list(stack.processes.items()):
-            if process.poll() is not None:
-                print(f"[stack] {name} exited with {process.returncode}; stopping", flush=True)
-                stopping.set()
-    print("\n[stack] stopping", flush=True)
+    watch_until_stopped(stack.processes, stopping, "stack")
     stack.stop()
     return 0
 
