@@ -179,7 +179,38 @@ def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) 
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", _connect_reporting_socket_errors)
+        _report_socket_errors_as_network_errors(engine)
     return engine
+
+
+def _report_socket_errors_as_network_errors(engine: Engine) -> None:
+    """pg8000 lets a connection reset while it reads a reply escape as a bare OSError
+    (ConnectionResetError, seen when PostgreSQL restarts under load), which SQLAlchemy does not
+    wrap: the request answered 500. Raised as the driver's InterfaceError("network error"),
+    SQLAlchemy treats it as the lost connection it is (the connection is invalidated) and the
+    views answer 503 with Retry-After, as for every other lost connection."""
+
+    def network_error(dialect: Dialect, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except OSError as exc:
+            raise dialect.loaded_dbapi.InterfaceError(f"network error: {exc!r}") from exc
+
+    def do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        network_error(context.dialect, lambda: cursor.execute(statement, parameters))
+        return True
+
+    def do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        network_error(context.dialect, lambda: cursor.executemany(statement, parameters))
+        return True
+
+    def do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+        network_error(context.dialect, lambda: cursor.execute(statement))
+        return True
+
+    event.listen(engine, "do_execute", do_execute)
+    event.listen(engine, "do_executemany", do_executemany)
+    event.listen(engine, "do_execute_no_params", do_execute_no_params)
 
 
 def _connect_reporting_socket_errors(
