@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gevent
+import gevent.lock
 from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engine, event
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.ext.compiler import compiles
@@ -110,33 +111,48 @@ def _sqlite_configurer(dbapi_connection: Any, _record: Any) -> None:
 # (517): a read transaction that wants to write after another commit cannot succeed by waiting.
 _SQLITE_BUSY_CODES = frozenset({5, 261})
 _FIRST_PAUSE = 0.001
-_LONGEST_PAUSE = 0.05
+_LONGEST_PAUSE = 0.005
 
 
 def _waiting_while_busy(busy_timeout: float) -> Callable[[Callable[[], object]], None]:
     """Run a DBAPI call, retrying while another process holds SQLite's write lock.
 
-    The pauses are `gevent.sleep`, so the process serves its other requests meanwhile. Past
-    `busy_timeout` the error is raised as SQLite would have raised it, and the request answers
-    503 (see app/api.py).
+    The pauses are `gevent.sleep`, so the process serves its other requests meanwhile. The
+    greenlets that found the lock taken wait their turn in line (a FIFO semaphore): only the
+    first polls SQLite, with short pauses, so it takes the lock soon after it is freed, and the
+    one that has waited longest goes next. Each greenlet backing off on its own let some lose
+    every race for seconds. Past `busy_timeout` the error is raised as SQLite would have raised
+    it, and the request answers 503 (see app/api.py).
     """
+    line = gevent.lock.Semaphore(1)
+
+    def attempt(call: Callable[[], object]) -> bool:
+        try:
+            call()
+            return True
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
+                raise
+            return False
 
     def run(call: Callable[[], object]) -> None:
-        deadline: float | None = None
-        pause = _FIRST_PAUSE
-        while True:
-            try:
-                call()
-                return
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
-                    raise
-                now = time.monotonic()
-                deadline = deadline if deadline is not None else now + busy_timeout
-                if now >= deadline:
-                    raise
-                gevent.sleep(min(pause, deadline - now))
+        if attempt(call):
+            return
+        deadline = time.monotonic() + busy_timeout
+        if not line.acquire(timeout=busy_timeout):
+            call()  # out of time in line: one last try raises SQLite's own error if still busy
+            return
+        try:
+            pause = _FIRST_PAUSE
+            while not attempt(call):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    call()
+                    return
+                gevent.sleep(min(pause, left))
                 pause = min(pause * 2, _LONGEST_PAUSE)
+        finally:
+            line.release()
 
     return run
 
