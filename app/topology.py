@@ -86,20 +86,10 @@ def declare_topology(
         channel.queue_bind(work_queue(name), JOBS_EXCHANGE, routing_key=name)
         channel.queue_declare(parked_queue(name), durable=True, arguments=dict(base_args))
         channel.queue_bind(parked_queue(name), PARKED_EXCHANGE, routing_key=name)
-        for delay in retry_delays_ms:
-            # A retry queue has no consumer: the message waits out its TTL and is dead-lettered
-            # back to the jobs exchange under its original routing key.
-            channel.queue_declare(
-                retry_queue(name, delay),
-                durable=True,
-                arguments={
-                    **base_args,
-                    **dead_lettering,
-                    "x-message-ttl": delay,
-                    "x-dead-letter-exchange": JOBS_EXCHANGE,
-                    "x-dead-letter-routing-key": name,
-                },
-            )
+        # Back to the jobs exchange under the job's own routing key.
+        declare_retry_queues(
+            channel, name, retry_delays_ms, {**base_args, **dead_lettering}, JOBS_EXCHANGE, name
+        )
     for name in webhooks:
         declare_webhook_queues(channel, name, retry_delays_ms, base_args, dead_lettering)
 
@@ -132,18 +122,10 @@ def declare_webhook_queues(
     channel.queue_bind(work_queue(name), EVENTS_EXCHANGE, routing_key=WEBHOOK_BINDING)
     channel.queue_declare(parked_queue(name), durable=True, arguments=dict(base_args))
     channel.queue_bind(parked_queue(name), PARKED_EXCHANGE, routing_key=name)
-    for delay in retry_delays_ms:
-        channel.queue_declare(
-            retry_queue(name, delay),
-            durable=True,
-            arguments={
-                **base_args,
-                **dead_lettering,
-                "x-message-ttl": delay,
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": work_queue(name),
-            },
-        )
+    # Back through the default exchange, straight to this endpoint's work queue.
+    declare_retry_queues(
+        channel, name, retry_delays_ms, {**base_args, **dead_lettering}, "", work_queue(name)
+    )
 
 
 def declare_topology_once(
@@ -160,3 +142,26 @@ def declare_topology_once(
         )
     finally:
         connection.close()
+
+
+def declare_retry_queues(
+    channel: BlockingChannel,
+    name: str,
+    retry_delays_ms: Iterable[int],
+    arguments: dict[str, Any],
+    back_to_exchange: str,
+    back_to_routing_key: str,
+) -> None:
+    """One retry queue per delay. A retry queue has no consumer: the message waits out its TTL
+    and is dead-lettered to `back_to_exchange` under `back_to_routing_key`."""
+    for delay in retry_delays_ms:
+        channel.queue_declare(
+            retry_queue(name, delay),
+            durable=True,
+            arguments={
+                **arguments,
+                "x-message-ttl": delay,
+                "x-dead-letter-exchange": back_to_exchange,
+                "x-dead-letter-routing-key": back_to_routing_key,
+            },
+        )

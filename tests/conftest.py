@@ -211,3 +211,19 @@ def cluster() -> Iterator[Any]:
 
 
 CLUSTER_OPS_TOKEN = "cluster-test-operator-token"
+
+
+@pytest.fixture
+def email_notification(sessions: Any, settings: Settings) -> Any:
+    """A registered user's welcome-email row, as the consumer tests start from."""
+    from app.registration import register_user, validate_registration
+
+    with sessions() as session:
+        registered = register_user(
+            session,
+            settings,
+            validate_registration(
+                {"name": "Ann", "email": "ann@example.com", "phone": "+16502530000"}
+            ),
+        )
+        return next(n for n in registered.notifications if n.channel == "email")

@@ -1,27 +1,11 @@
 """Every branch of what a consumer does with a message, against a real (SQLite) ledger."""
 
-import pytest
-
 from app.jobs import EmailJob, encode_job, job_from_dict
 from app.models import Notification, User
-from app.registration import register_user, validate_registration
 from app.senders import PermanentSendError, RecordingSender, TransientSendError
 from services.handlers import Ack, Park, Retry, RetryPolicy, handle_message
 
 POLICY = RetryPolicy(max_attempts=3, delays_ms=(100, 1000))
-
-
-@pytest.fixture
-def email_notification(sessions, settings):
-    with sessions() as session:
-        registered = register_user(
-            session,
-            settings,
-            validate_registration(
-                {"name": "Ann", "email": "ann@example.com", "phone": "+16502530000"}
-            ),
-        )
-        return next(n for n in registered.notifications if n.channel == "email")
 
 
 def body_of(notification):

@@ -13,25 +13,11 @@ from sqlalchemy import event, update
 from app.config import ConfigError, Settings
 from app.jobs import encode_job, job_from_dict
 from app.models import Notification
-from app.registration import register_user, validate_registration
 from app.senders import RecordingSender, TransientSendError
 from services.handlers import Claim, RetryPolicy, SendResult, claim_batch, record_batch
 from services.relay import claim_pending
 
 POLICY = RetryPolicy(max_attempts=5, delays_ms=(100, 1000))
-
-
-@pytest.fixture
-def email_row(sessions, settings):
-    with sessions() as session:
-        registered = register_user(
-            session,
-            settings,
-            validate_registration(
-                {"name": "Ann", "email": "ann@example.com", "phone": "+16502530000"}
-            ),
-        )
-        return next(n for n in registered.notifications if n.channel == "email")
 
 
 def expire_leases(sessions):
@@ -47,20 +33,22 @@ def row(sessions, notification_id):
         return found
 
 
-def test_a_stale_lease_holder_cannot_overwrite_what_the_new_holder_recorded(sessions, email_row):
-    body = encode_job(job_from_dict(email_row.payload))
+def test_a_stale_lease_holder_cannot_overwrite_what_the_new_holder_recorded(
+    sessions, email_notification
+):
+    body = encode_job(job_from_dict(email_notification.payload))
     (first,) = claim_batch([body], channel="email", sessions=sessions, policy=POLICY)
     assert isinstance(first, Claim)
     expire_leases(sessions)  # the first holder stalled past its lease
     (second,) = claim_batch([body], channel="email", sessions=sessions, policy=POLICY)
     assert isinstance(second, Claim)
     record_batch([SendResult(second, None)], sessions=sessions, policy=POLICY)
-    assert row(sessions, email_row.id).status == "sent"
+    assert row(sessions, email_notification.id).status == "sent"
     # The stalled holder wakes up with a failure: it no longer holds the lease, so the ledger
     # keeps "sent" (otherwise the retry would send the email a second time).
     stale = SendResult(first, TransientSendError("451 try later"))
     record_batch([stale], sessions=sessions, policy=POLICY)
-    assert row(sessions, email_row.id).status == "sent"
+    assert row(sessions, email_notification.id).status == "sent"
 
 
 class LeaseProbe(RecordingSender):
@@ -113,7 +101,7 @@ def test_the_default_grace_outlasts_both_inline_sends():
     assert settings.relay_grace_seconds > settings.smtp_timeout + settings.sms_timeout
 
 
-def test_leases_are_timed_by_the_database_clock(sessions, email_row):
+def test_leases_are_timed_by_the_database_clock(sessions, email_notification):
     """No lease UPDATE sends this host's idea of the time: the database supplies it."""
     from datetime import datetime
 
@@ -130,7 +118,7 @@ def test_leases_are_timed_by_the_database_clock(sessions, email_row):
                     v for v in values if isinstance(v, datetime | str) and ":" in str(v)
                 )
 
-    body = encode_job(job_from_dict(email_row.payload))
+    body = encode_job(job_from_dict(email_notification.payload))
     claim_batch([body], channel="email", sessions=sessions, policy=POLICY)
     with sessions() as session:
         claim_pending(session, relay_id="r1", batch_size=10, grace_seconds=0, publish_timeout=1.0)
