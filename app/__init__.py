@@ -125,6 +125,7 @@ def register_dispatcher(
         publish_timeout=settings.publish_timeout,
         queued_marker=QueuedMarker(offload.sessions, interval=settings.queued_mark_interval),
         inline_lease_seconds=settings.inline_send_seconds,
+        relay_grace_seconds=settings.relay_grace_seconds,
     )
 
 

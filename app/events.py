@@ -1,9 +1,11 @@
 """Domain events: what happened, for whoever subscribes (webhooks, anything an operator binds).
 
 An event is a row of the `events` outbox written in the same transaction as the change it
-reports; the relay publishes it to the topic exchange `offload.events` (app/jobs.py) with its
-type as the routing key. The web app never publishes events itself, and never knows who
-listens. The body is versioned JSON, the same bytes on the wire and in the webhook POST:
+reports, and published to the topic exchange `offload.events` (app/jobs.py) with its type as
+the routing key: by the relay, or, for a queued registration's `user.registered`, by the request
+itself (the relay takes over if the broker does not confirm it). The web app never knows who
+listens: the email and SMS queues are bound to `user.registered` like any other subscriber.
+The body is versioned JSON, the same bytes on the wire and in the webhook POST:
 
     {"v": 1, "id": "<32 hex>", "type": "user.registered",
      "occurred_at": "2026-11-28T09:00:00.123456+00:00", "data": {...}}
@@ -38,6 +40,11 @@ EVENT_TYPES = (
     NOTIFICATION_SENT,
     NOTIFICATION_FAILED,
 )
+
+# The `claimed_by` of an event its request holds: a queued registration's user.registered,
+# which the request publishes itself, or an inline-sending one's, held until its sends are
+# recorded. The relay takes an event over only when that lease runs out.
+REQUEST_HOLDER = "request"
 
 # Inserts go through SQLAlchemy Core on the table: they ride in transactions (a registration,
 # a consumer's batch record) whose CPU is counted.
@@ -100,6 +107,11 @@ def decode_event(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedEvent(f"body is not JSON: {exc}") from None
+    return event_from_dict(body)
+
+
+def event_from_dict(body: Any) -> dict[str, Any]:
+    """The envelope of a v1 event, from its decoded JSON, checked; MalformedEvent otherwise."""
     if not isinstance(body, dict):
         raise MalformedEvent("event is not a JSON object")
     if body.get("v") != EVENT_VERSION:

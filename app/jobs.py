@@ -4,17 +4,22 @@ Topology names live here and nowhere else. A job is versioned JSON (never pickle
 id of its notification row, which is how consumers find the ledger entry and skip a job that
 was already sent when RabbitMQ delivers it again.
 
+    offload.events (topic) --user.registered--> offload.email, offload.sms
+                           --user.#-----------> offload.webhook.<hash>  one per WEBHOOK_URLS
+                                                (and any queue an operator binds)
+
     offload.jobs (direct) --email--> offload.email --(retry)--> offload.email.retry.<ms> --TTL--+
                           --sms----> offload.sms                                               |
                           <-------------------------------- dead-lettered back, same key ------+
     offload.parked (direct) --email--> offload.email.parked   (permanent failures, poison)
                             --sms----> offload.sms.parked
 
-    offload.events (topic) --user.#--> offload.webhook.<hash>   one per WEBHOOK_URLS endpoint,
-                                       (and any queue an operator binds)  retried and parked
-                                       like the jobs, through the default exchange
-
-Domain events (app/events.py) go to `offload.events` with their type as the routing key.
+A registration publishes one message, its `user.registered` event (app/events.py), and the
+broker copies it to every queue bound to that key: the email and SMS consumers each look their
+own notification row up by the event's id. Jobs (below) carry one notification each: a resend,
+a held SMS released, a row the relay or its sweeper publishes again. A channel queue therefore
+holds both kinds of body; a retry or a parked copy keeps the body it had. Webhook queues are
+retried and parked like the jobs, through the default exchange.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import database_now, session_scope
-from app.events import EVENTS, notification_event
+from app.events import EVENTS, REQUEST_HOLDER, notification_event
 from app.jobs import job_from_dict, job_to_dict, scrub_job
 from app.models import Notification, utcnow
 
@@ -36,13 +36,14 @@ MAX_ERROR_LENGTH = 1000
 
 def mark_queued(session: Session, notifications: Sequence[Notification]) -> None:
     """Mark rows the broker confirmed as queued, in one UPDATE (the relay's batches)."""
-    mark_queued_ids(session, [n.id for n in notifications])
+    _mark_queued_ids(session, [n.id for n in notifications])
+    session.commit()
     for notification in notifications:
         if notification.status == "pending":
             set_committed_value(notification, "status", "queued")
 
 
-def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
+def _mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
     # Only pending rows: a fast consumer may already have marked the row sent.
     session.execute(
         update(Notification)
@@ -50,31 +51,51 @@ def mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
         .values(status="queued", queued_at=database_now())
         .execution_options(synchronize_session=False)
     )
+
+
+def mark_confirmed(
+    session: Session, notification_ids: Sequence[str], event_ids: Sequence[str]
+) -> None:
+    """The broker confirmed these registrations' events: the events are published (the
+    request published them, so they keep the request's `claimed_by`) and their rows queued,
+    in one transaction."""
+    if notification_ids:
+        _mark_queued_ids(session, notification_ids)
+    if event_ids:
+        session.execute(
+            update(EVENTS)
+            .where(EVENTS.c.id.in_(event_ids), EVENTS.c.status == "pending")
+            .values(status="published", published_at=database_now(), claimed_until=None)
+        )
     session.commit()
 
 
 class QueuedMarker:
-    """Marks the rows the broker confirmed `queued`, in batches, off the request's path.
+    """Marks what the broker confirmed, in batches, off the request's path.
 
-    The broker's confirm arrives (in a callback on the hub) after the response has gone; its rows
-    stay `pending` for up to `interval` seconds more, then one UPDATE marks every row confirmed
-    meanwhile. That costs one small transaction per batch instead of
-    one per registration. Nothing depends on the mark but the relay, which leaves a pending row
-    alone for RELAY_GRACE_SECONDS: a mark lost with its process only means the relay publishes
-    those jobs again, and the consumers' ledger check keeps that from sending anything twice.
-    With `interval` 0 the rows are marked at once, in the caller's greenlet.
+    The broker's confirm of a registration's event arrives (in a callback on the hub) after the
+    response has gone; the event stays `pending` and its rows `pending` for up to `interval`
+    seconds more, then one transaction marks every event published and every row queued that
+    was confirmed meanwhile. That costs one small transaction per batch instead of one per
+    registration. Nothing depends on the mark but the relay, which leaves the event alone while
+    the request's lease on it lasts (RELAY_GRACE_SECONDS): a mark lost with its process only
+    means the relay publishes that event again, and the consumers' ledger check keeps that from
+    sending anything twice. With `interval` 0 the marks are written at once, in the caller's
+    greenlet.
     """
 
     def __init__(self, sessions: sessionmaker[Session], *, interval: float) -> None:
         self.sessions = sessions
         self.interval = interval
         self._ids: list[str] = []
+        self._event_ids: list[str] = []
         self._flusher: gevent.Greenlet[[], None] | None = None
 
-    def mark(self, notifications: Sequence[Notification]) -> None:
+    def mark(self, notifications: Sequence[Notification], event_ids: Sequence[str] = ()) -> None:
         for notification in notifications:
             notification.status = "queued"  # what the response shows; the row follows
         self._ids.extend(n.id for n in notifications)
+        self._event_ids.extend(event_ids)
         if self.interval <= 0 and gevent.getcurrent() is not gevent.get_hub():
             self.flush()
         elif self._flusher is None:
@@ -84,15 +105,17 @@ class QueuedMarker:
     def flush(self) -> None:
         self._flusher = None
         ids, self._ids = self._ids, []
-        if not ids:
+        event_ids, self._event_ids = self._event_ids, []
+        if not ids and not event_ids:
             return
         try:
             with session_scope(self.sessions) as session:
-                mark_queued_ids(session, ids)
+                mark_confirmed(session, ids, event_ids)
         except SQLAlchemyError as exc:
             log.warning(
-                "could not mark %d confirmed rows queued (the relay will publish them again): %s",
-                len(ids),
+                "could not mark %d confirmed events published (the relay will publish them "
+                "again): %s",
+                len(event_ids),
                 exc,
             )
 
@@ -106,11 +129,16 @@ def new_lease_token() -> str:
     return uuid.uuid4().hex
 
 
-def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> None:
+def record_inline_sends(
+    session: Session, outcomes: Sequence[InlineOutcome], *, release_event: str | None = None
+) -> None:
     """Record the request's own sends (serial and parallel modes) in one transaction.
 
     The rows were written holding a send lease (app/registration.py); each UPDATE is
-    conditional on its token, like the consumers' record.
+    conditional on its token, like the consumers' record. `release_event` is the
+    registration's event, written held by the request: released here, in the same
+    transaction, the relay publishes it next, and the channel consumers it reaches find the
+    rows already recorded.
     """
     now = utcnow()
     events: list[dict[str, object]] = []
@@ -152,6 +180,12 @@ def record_inline_sends(session: Session, outcomes: Sequence[InlineOutcome]) -> 
         notification.attempts = (notification.attempts or 0) + 1
     if events:
         session.execute(insert(EVENTS), events)
+    if release_event is not None:
+        session.execute(
+            update(EVENTS)
+            .where(EVENTS.c.id == release_event, EVENTS.c.claimed_by == REQUEST_HOLDER)
+            .values(claimed_by=None, claimed_until=None)
+        )
     session.commit()
 
 
@@ -199,6 +233,64 @@ def take_send_leases(
         .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.attempts)
     )
     return {notification_id: attempts for notification_id, attempts in rows}
+
+
+# The rows an event's arrival may send: never one a request is sending or sent inline (its
+# lease or `sent`), nor one held, skipped or given up on (those wait for a job of their own).
+EVENT_SENDABLE = ("pending", "queued")
+
+
+@dataclass(frozen=True)
+class EventLease:
+    """The row of one channel that a `user.registered` event names, leased for sending."""
+
+    notification_id: str
+    attempts: int
+    payload: dict[str, object]
+
+
+def take_event_send_leases(
+    session: Session, event_ids: Sequence[str], channel: str, seconds: float, token: str
+) -> dict[str, EventLease]:
+    """Lease, in one UPDATE, this channel's sendable row of each of these events;
+    {event id: lease} of those leased. The caller commits.
+
+    The same conditions as `take_send_leases`, and only rows still pending or queued.
+    RETURNING brings the job back from the outbox row: the event names no recipient and
+    carries no secret.
+    """
+    rows = session.connection().execute(
+        update(NOTIFICATIONS)
+        .where(
+            NOTIFICATIONS.c.event_id.in_(event_ids),
+            NOTIFICATIONS.c.channel == channel,
+            NOTIFICATIONS.c.status.in_(EVENT_SENDABLE),
+            send_lease_free(),
+        )
+        .values(send_lease_until=database_now(seconds), send_lease_token=token)
+        .returning(
+            NOTIFICATIONS.c.event_id,
+            NOTIFICATIONS.c.id,
+            NOTIFICATIONS.c.attempts,
+            NOTIFICATIONS.c.payload,
+        )
+    )
+    return {
+        event_id: EventLease(notification_id, attempts, payload)
+        for event_id, notification_id, attempts, payload in rows
+    }
+
+
+def event_notification_statuses(
+    session: Session, event_ids: Sequence[str], channel: str
+) -> dict[str, str]:
+    """{event id: status} of this channel's row of each event that has one."""
+    rows = session.execute(
+        select(Notification.event_id, Notification.status).where(
+            Notification.event_id.in_(event_ids), Notification.channel == channel
+        )
+    )
+    return {event_id: status for event_id, status in rows if event_id is not None}
 
 
 def notification_statuses(session: Session, notification_ids: Sequence[str]) -> dict[str, str]:

@@ -57,13 +57,22 @@ class Publisher(Protocol):
         them again). Either way PublishError means they were not published.
         """
 
-    def publish_events(self, events: Sequence[EventMessage], *, timeout: float) -> int:
-        """Publish domain events to `offload.events` (persistent, mandatory, confirmed) and
-        return once the broker confirmed every one; return how many no queue was bound to.
+    def publish_events(
+        self,
+        events: Sequence[EventMessage],
+        *,
+        timeout: float,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> int:
+        """Publish domain events to `offload.events` (persistent, mandatory, confirmed).
 
-        An event nobody subscribes to is returned by the broker (mandatory) and still counts as
-        published: on a topic exchange that is the normal case, not a failure. PublishError
-        means they were not all confirmed.
+        Without `on_confirmed` (the relay), return once the broker confirmed every one, with
+        how many no queue was bound to: an event nobody subscribes to is returned by the broker
+        (mandatory) and still counts as published; on a topic exchange that is the normal case.
+        With it (a queued registration's `user.registered`), return as soon as they are
+        written (0), and call `on_confirmed()` once the broker confirmed them all and routed
+        each to at least one queue: the channels' rows wait on that event, so one that reached
+        no queue is left to the relay. PublishError means they were not published.
         """
 
     def warm_up(self) -> None:
@@ -213,10 +222,19 @@ class PikaPublisher:
             if on_confirmed is None:
                 confirmations.wait()
 
-    def publish_events(self, events: Sequence[EventMessage], *, timeout: float) -> int:
-        with gevent.Timeout(timeout, PublishTimeout(f"no confirm within {timeout:.3f}s")):
+    def publish_events(
+        self,
+        events: Sequence[EventMessage],
+        *,
+        timeout: float,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> int:
+        waiting_for = "a connection" if on_confirmed else "a confirm"
+        with gevent.Timeout(timeout, PublishTimeout(f"no {waiting_for} within {timeout:.3f}s")):
             channel = self._ready_channel()
-            confirmations = Confirmations(len(events), None, unroutable_is_failure=False)
+            confirmations = Confirmations(
+                len(events), on_confirmed, unroutable_is_failure=on_confirmed is not None
+            )
             for event in events:
                 self._publish_raw(
                     channel,
@@ -226,6 +244,8 @@ class PikaPublisher:
                     event_properties(event),
                     confirmations,
                 )
+            if on_confirmed is not None:
+                return 0
             # Pipelined: every event of the batch in flight at once, one wait for them all.
             confirmations.wait()
             return confirmations.unrouted
@@ -410,10 +430,18 @@ class InMemoryPublisher:
         self.events: list[EventMessage] = []
         self.fail_with = fail_with
 
-    def publish_events(self, events: Sequence[EventMessage], *, timeout: float) -> int:
+    def publish_events(
+        self,
+        events: Sequence[EventMessage],
+        *,
+        timeout: float,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> int:
         if self.fail_with is not None:
             raise self.fail_with
         self.events.extend(events)
+        if on_confirmed is not None:
+            on_confirmed()  # an in-memory broker confirms at once, and every key is bound
         return 0
 
     def publish(

@@ -104,6 +104,10 @@ class Notification(Base):
     # Who holds the send lease: written by the claim, checked by the record, so a holder whose
     # lease ran out (and was taken over) can no longer change the row.
     send_lease_token: Mapped[str | None] = mapped_column(String(32))
+    # The domain event whose subscribers send this row: a registration's `user.registered`,
+    # which the email and SMS consumers receive and look their own row up by. None for a
+    # resend (published as a job of its own) and for rows older than the events.
+    event_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     user: Mapped[User] = relationship(back_populates="notifications")
 

@@ -22,7 +22,14 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
 from app.db import database_now
-from app.events import EVENTS, USER_REGISTERED, user_event
+from app.events import (
+    EVENTS,
+    REQUEST_HOLDER,
+    USER_REGISTERED,
+    EventMessage,
+    encode_event,
+    user_event,
+)
 from app.jobs import EmailJob, SmsJob, job_to_dict
 from app.ledger import new_lease_token
 from app.models import Notification, User, email_key, new_id, utcnow
@@ -75,6 +82,9 @@ class Registered:
     mode: str = ""  # the dispatch mode used (register_and_notify)
     # Opens the user's status (API); handed out once, here, and stored only hashed.
     status_token: str = ""
+    # Its `user.registered` event, as it goes on the wire: in queued mode the request
+    # publishes it, and the email and SMS consumers each find their row by its id.
+    event: EventMessage | None = None
 
 
 def _text(data: Mapping[str, Any], key: str) -> str | None:
@@ -204,6 +214,7 @@ def register_user(
     initial_status: str = "pending",
     initial_error: str | None = None,
     send_lease_seconds: float = 0.0,
+    event_lease_seconds: float = 0.0,
     sms_budgets: SmsBudgets | None = None,
 ) -> Registered:
     """Write the user, its two outbox rows and its `user.registered` event in one transaction,
@@ -217,7 +228,10 @@ def register_user(
     transaction and written `held` when over one. With `send_lease_seconds` (serial and
     parallel modes, which send inline) the rows are written already holding a send lease,
     timed by the database's clock, so no consumer sends a relayed copy while the request sends
-    its own. The objects returned are detached copies for the response.
+    its own. With `event_lease_seconds` the event is written held by the request
+    (REQUEST_HOLDER): the relay leaves it alone that long, because the request publishes it
+    (queued) or releases it once its inline sends are recorded. The objects returned are
+    detached copies for the response.
 
     The unique indexes decide whether the email or phone is taken, so two simultaneous
     registrations of the same address cannot both succeed.
@@ -242,6 +256,12 @@ def register_user(
     user.sms_code_hash = hash_sms_code(settings.secret_key, user.id, code)
     user.sms_code_expires_at = now + timedelta(seconds=settings.sms_code_max_age)
     notifications = build_notifications(settings, user, code)
+    # The domain event rides in the same transaction: it exists exactly when the user does.
+    registered_event = user_event(USER_REGISTERED, user.id, now)
+    insert_event = insert(EVENTS)
+    if event_lease_seconds > 0:
+        registered_event["claimed_by"] = REQUEST_HOLDER
+        insert_event = insert_event.values(claimed_until=database_now(event_lease_seconds))
     lease_token = new_lease_token() if send_lease_seconds > 0 else None
     for notification in notifications:
         notification.send_lease_token = lease_token
@@ -250,6 +270,7 @@ def register_user(
         notification.attempts = 0
         notification.created_at = now
         notification.queued_at = notification.sent_at = None
+        notification.event_id = registered_event["id"]
     insert_notifications = insert(Notification)
     if lease_token is not None:
         insert_notifications = insert_notifications.values(
@@ -257,8 +278,6 @@ def register_user(
         )
 
     sms = next(n for n in notifications if n.channel == "sms")
-    # The domain event rides in the same transaction: it exists exactly when the user does.
-    registered_event = user_event(USER_REGISTERED, user.id, now)
 
     def write() -> None:
         connection = session.connection()
@@ -271,7 +290,7 @@ def register_user(
         connection.execute(
             insert_notifications, [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
         )
-        connection.execute(insert(EVENTS), [registered_event])
+        connection.execute(insert_event, [registered_event])
         session.commit()
 
     try:
@@ -296,6 +315,9 @@ def register_user(
         notifications=notifications,
         timings_ms={"db": elapsed},
         status_token=status_token,
+        event=EventMessage(
+            registered_event["id"], USER_REGISTERED, encode_event(registered_event["body"])
+        ),
     )
 
 
@@ -322,6 +344,7 @@ NOTIFICATION_COLUMNS = (
     "last_error",
     "created_at",
     "send_lease_token",
+    "event_id",
 )
 
 
@@ -351,11 +374,14 @@ def register_and_notify(
         initial_status=initial_status,
         initial_error=initial_error,
         send_lease_seconds=dispatcher.inline_lease_seconds(mode),
+        event_lease_seconds=dispatcher.event_lease_seconds(mode),
         sms_budgets=sms_budgets(settings) if initial_status == "pending" else None,
     )
     registered.mode = mode
     to_send = [n for n in registered.notifications if n.status != HELD]
-    registered.timings_ms.update(dispatcher.dispatch(mode, session, to_send))
+    registered.timings_ms.update(
+        dispatcher.dispatch(mode, session, to_send, event=registered.event)
+    )
     return registered
 
 

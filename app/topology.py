@@ -12,6 +12,7 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from app.events import USER_REGISTERED
 from app.jobs import (
     CHANNELS,
     EVENTS_EXCHANGE,
@@ -84,6 +85,8 @@ def declare_topology(
             },
         )
         channel.queue_bind(work_queue(name), JOBS_EXCHANGE, routing_key=name)
+        # A registration's one message: each channel subscribes to it like any other listener.
+        channel.queue_bind(work_queue(name), EVENTS_EXCHANGE, routing_key=USER_REGISTERED)
         channel.queue_declare(parked_queue(name), durable=True, arguments=dict(base_args))
         channel.queue_bind(parked_queue(name), PARKED_EXCHANGE, routing_key=name)
         # Back to the jobs exchange under the job's own routing key.

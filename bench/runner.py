@@ -44,7 +44,8 @@ from sqlalchemy import func, select
 from app.bench_results import SCHEMA
 from app.config import Settings, load_settings
 from app.db import make_engine
-from app.models import Notification
+from app.events import REQUEST_HOLDER
+from app.models import Event, Notification
 from bench import cpu
 from bench.aggregate import (
     MODES,
@@ -201,14 +202,33 @@ class BenchSession:
         return piece
 
     def relayed_count(self) -> int:
-        """Notifications the outbox relay has claimed so far (the request path never does)."""
-        query = (
+        """Queued registrations the outbox relay published instead of their request, so far.
+
+        Two traces: a row the relay published as a job keeps its `claimed_by` (the request path
+        never writes it), and a registration's event the relay took over carries the relay's id
+        where the request's own publish leaves REQUEST_HOLDER. The relay also publishes, as it
+        should, the events of inline-sending registrations, released to it once their sends
+        were recorded: their rows were sent inline and never queued, which tells them apart.
+        """
+        jobs = (
             select(func.count())
             .select_from(Notification)
             .where(Notification.claimed_by.is_not(None))
         )
+        events = (
+            select(func.count(func.distinct(Event.id)))
+            .select_from(Event)
+            .join(Notification, Notification.event_id == Event.id)
+            .where(
+                Event.claimed_by.is_not(None),
+                Event.claimed_by != REQUEST_HOLDER,
+                Notification.queued_at.is_not(None),
+            )
+        )
         with self.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
+            return int(connection.execute(jobs).scalar_one()) + int(
+                connection.execute(events).scalar_one()
+            )
 
     def wait_recorded(self, timeout: float = RECORD_TIMEOUT) -> int:
         """Until no notification is left pending or queued (bounded); return how many are.

@@ -1,17 +1,17 @@
-"""The outbox relay: publishes the notifications that their request could not.
+"""The outbox relay: publishes what the requests could not, or were not meant to.
 
-A request publishes its own jobs right after the commit; when that fails (broker down, publish
-over its time budget, process killed between commit and publish) the rows stay `pending`. The
-relay claims pending rows older than a grace period, publishes them with confirms, and marks them
-queued. Its sweeper republishes rows left `queued` for longer than RELAY_SWEEP_AFTER_SECONDS,
-whose message the broker lost (see `claim_stuck`).
-
-It is also the only publisher of domain events (app/events.py): the request path writes them
-and leaves them, so they cost the request one INSERT and no broker round trip. The relay claims
-pending events (no grace period: nobody else publishes them), publishes the batch to
-`offload.events` with its confirms in flight together, and marks them published. A batch that
-fails is released at once and tried again on the next round, so events written while the
-broker is down go out when it is back.
+A queued request publishes its registration's `user.registered` event (a resend: its one job)
+right after the commit. When that fails (broker down, publish over its time budget, process
+killed between commit and publish) the event and its rows stay `pending`, and the request's hold
+on the event runs out after a grace period. The relay then publishes the event and marks it
+published and its rows queued. It also publishes the domain events nobody else does (serial and
+parallel registrations' once their inline sends are recorded, verifications, notification
+results), so they cost the request one INSERT and no broker round trip; a batch goes to
+`offload.events` with its confirms in flight together. Pending rows not waiting on an event (a
+resend, an inline send that failed) are published as jobs after the grace period. A batch that
+fails is released at once and tried again on the next round, so what was written while the
+broker was down goes out when it is back. The sweeper republishes rows left `queued` for longer
+than RELAY_SWEEP_AFTER_SECONDS, whose message the broker lost (see `claim_stuck`).
 
 Several relays may run at once. A claim is a lease written in one UPDATE: on PostgreSQL the
 candidate rows are picked with `FOR UPDATE SKIP LOCKED`, on SQLite the single writer serializes
@@ -27,7 +27,7 @@ import uuid
 from typing import Any
 
 import gevent
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -60,12 +60,21 @@ def claim_pending(
     grace_seconds: float,
     publish_timeout: float,
 ) -> list[Notification]:
-    """Lease up to `batch_size` pending rows older than the grace period to this relay."""
+    """Lease up to `batch_size` pending rows older than the grace period to this relay.
+
+    A row whose registration event is still pending is left to that event: publishing the
+    event delivers it (publish_events_once), and a job of its own would be a second message.
+    """
+    event_still_pending = (
+        select(Event.id)
+        .where(Event.id == Notification.event_id, Event.status == "pending")
+        .exists()
+    )
     return _claim(
         session,
         "pending",
         # created_at comes from the web host's clock: the grace absorbs a small skew.
-        Notification.created_at < database_now(-grace_seconds),
+        and_(Notification.created_at < database_now(-grace_seconds), ~event_still_pending),
         Notification.created_at,
         relay_id=relay_id,
         batch_size=batch_size,
@@ -288,10 +297,19 @@ def publish_events_once(
         except PublishError as exc:
             log.warning("relay: publishing %d events failed, will try again: %s", len(claimed), exc)
             return 0
+        published = [e.id for e in claimed]
         session.execute(
             update(Event)
-            .where(Event.id.in_([e.id for e in claimed]), Event.status == "pending")
+            .where(Event.id.in_(published), Event.status == "pending")
             .values(status="published", published_at=database_now(), claimed_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        # A registration's event reached the email and SMS queues: its rows are queued (if
+        # the broker lost it, the sweeper finds them there).
+        session.execute(
+            update(Notification)
+            .where(Notification.event_id.in_(published), Notification.status == "pending")
+            .values(status="queued", queued_at=database_now())
             .execution_options(synchronize_session=False)
         )
         session.commit()
@@ -329,6 +347,19 @@ class Relay:
 
     def run(self) -> None:
         while not self._stopping:
+            # Events first: a registration's event delivers its rows, which the next step
+            # would otherwise publish again as jobs of their own.
+            try:
+                events = publish_events_once(
+                    self.sessions,
+                    self.publisher,
+                    relay_id=self.relay_id,
+                    batch_size=self.batch_size,
+                    publish_timeout=self.publish_timeout,
+                )
+            except Exception:
+                log.exception("relay: event batch failed")
+                events = 0
             try:
                 count = relay_once(
                     self.sessions,
@@ -341,17 +372,6 @@ class Relay:
             except Exception:
                 log.exception("relay: batch failed")
                 count = 0
-            try:
-                events = publish_events_once(
-                    self.sessions,
-                    self.publisher,
-                    relay_id=self.relay_id,
-                    batch_size=self.batch_size,
-                    publish_timeout=self.publish_timeout,
-                )
-            except Exception:
-                log.exception("relay: event batch failed")
-                events = 0
             count = max(count, events)
             if time.monotonic() >= self._next_sweep:
                 self._sweep()

@@ -1,8 +1,11 @@
 """The JSON API through WebTest, with the in-memory publisher and recording senders."""
 
 import pytest
+from sqlalchemy import select
 
+from app.events import REQUEST_HOLDER
 from app.messaging import BrokerUnavailable
+from app.models import Event, Notification
 from app.servertiming import parse_server_timing
 
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 7911 123456"}
@@ -17,7 +20,9 @@ def server_timing_steps(response):
     return list(parse_server_timing(response.headers["Server-Timing"]))
 
 
-def test_queued_mode_publishes_both_jobs_and_answers(testapp, publisher, email_sender):
+def test_queued_mode_publishes_one_event_for_both_channels_and_answers(
+    testapp, publisher, email_sender, sessions
+):
     response = register(testapp)
     user = response.json["user"]
     assert response.json["mode"] == "queued"
@@ -26,19 +31,33 @@ def test_queued_mode_publishes_both_jobs_and_answers(testapp, publisher, email_s
     assert response.headers["Location"].endswith(f"/api/status/{response.json['status_token']}")
     assert server_timing_steps(response) == ["db", "publish"]
     assert [n["status"] for n in user["notifications"]] == ["queued", "queued"]
-    assert sorted(job.kind for job in publisher.published) == ["email", "sms"]
+    # One message, the registration's event; no job per channel.
+    assert [event.type for event in publisher.events] == ["user.registered"]
+    assert publisher.published == []
     assert email_sender.sent == []
+    with sessions() as session:
+        event = session.get(Event, publisher.events[0].id)
+        rows = session.scalars(select(Notification).where(Notification.user_id == user["id"]))
+        # Published by the request itself (the relay never held it), and its rows queued.
+        assert (event.status, event.claimed_by) == ("published", REQUEST_HOLDER)
+        assert {(row.event_id, row.status) for row in rows} == {(event.id, "queued")}
 
 
 @pytest.mark.parametrize("mode", ["serial", "parallel"])
-def test_inline_modes_send_before_answering(testapp, publisher, email_sender, sms_sender, mode):
+def test_inline_modes_send_before_answering(
+    testapp, publisher, email_sender, sms_sender, sessions, mode
+):
     response = register(testapp, mode=mode)
     assert response.json["mode"] == mode
     assert server_timing_steps(response) == ["db", "email", "sms"]
     assert [n["status"] for n in response.json["user"]["notifications"]] == ["sent", "sent"]
     assert [job.to for job in email_sender.sent] == ["ada@example.com"]
     assert [job.to for job in sms_sender.sent] == ["+447911123456"]
-    assert publisher.published == []
+    assert publisher.published == [] and publisher.events == []
+    with sessions() as session:
+        [event] = session.scalars(select(Event).where(Event.type == "user.registered")).all()
+    # Held while the request sent, released with the record: the relay publishes it next.
+    assert (event.type, event.status, event.claimed_by) == ("user.registered", "pending", None)
 
 
 def test_email_carries_a_verification_link_and_sms_a_code(testapp, email_sender, sms_sender):

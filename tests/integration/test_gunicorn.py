@@ -13,7 +13,8 @@ import requests
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from app.models import Notification
+from app.events import REQUEST_HOLDER
+from app.models import Event, Notification
 from devstack import PROJECT_ROOT
 from devstack.sinks.process import free_port
 from tests.integration.helpers import assert_delivered_once, register
@@ -52,8 +53,9 @@ def test_gunicorn_gevent_workers_publish_after_fork(stack):
         assert len(statuses) == 2 * len(users)
         assert set(statuses) <= {"pending", "queued"}, statuses
         assert_delivered_once(stack, users, timeout=60)
-        # And the relay never had to step in: it claims a row before publishing it, so a row
-        # it published keeps its `claimed_by`. The request path never writes that column.
+        # And the relay never had to step in: a registration's event the request publishes
+        # keeps the request's `claimed_by`; one the relay took over carries the relay's id, and
+        # a row the relay published as a job keeps its own `claimed_by`.
         assert_published_by_their_requests(stack.database_url, [u["id"] for u in users])
     finally:
         process.terminate()
@@ -67,9 +69,14 @@ def assert_published_by_their_requests(database_url: str, user_ids: list[str]) -
             rows = session.scalars(
                 select(Notification).where(Notification.user_id.in_(user_ids))
             ).all()
-            claimed_by = [n.claimed_by for n in rows]
+            relayed_jobs = [n.id for n in rows if n.claimed_by is not None]
+            events = session.scalars(
+                select(Event).where(Event.id.in_({n.event_id for n in rows}))
+            ).all()
     finally:
         engine.dispose()
-    assert len(claimed_by) == 2 * len(user_ids)
-    relayed = [c for c in claimed_by if c is not None]
-    assert relayed == [], f"{len(relayed)} of {len(claimed_by)} jobs were published by the relay"
+    assert len(rows) == 2 * len(user_ids) and len(events) == len(user_ids)
+    holders = [event.claimed_by for event in events]
+    relayed = [holder for holder in holders if holder != REQUEST_HOLDER]
+    assert relayed == [], f"{len(relayed)} of {len(events)} events were published by the relay"
+    assert relayed_jobs == [], f"{len(relayed_jobs)} rows were published by the relay as jobs"

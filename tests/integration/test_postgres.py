@@ -17,7 +17,7 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.messaging import InMemoryPublisher
 from app.migrate import alembic_config
-from app.models import Notification, utcnow
+from app.models import Event, Notification, utcnow
 from app.senders import RecordingSender
 from services.relay import claim_pending
 from tests.conftest import require
@@ -98,6 +98,9 @@ def test_two_relays_claim_disjoint_rows_with_skip_locked(postgres_url):
                 status="pending", claimed_until=None, created_at=utcnow() - timedelta(minutes=1)
             )
         )
+        # Their events went out: the rows are the relay's to publish as jobs (an inline send
+        # that failed leaves them so).
+        session.execute(update(Event).values(status="published"))
         session.commit()
         pending = session.execute(
             text("SELECT count(*) FROM notifications WHERE status = 'pending'")
