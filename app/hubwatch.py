@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import warnings
 
 import gevent
 from gevent import events
@@ -30,7 +31,11 @@ def watch_hub(threshold_ms: float) -> None:
     gevent.config.max_blocking_time = threshold_ms / 1000
     gevent.config.print_blocking_reports = False  # one log line instead of every stack
     events.subscribers.append(_count_block)
-    gevent.get_hub().start_periodic_monitoring_thread()
+    with warnings.catch_warnings():
+        # The thread would also watch memory if psutil were installed, and warns when it is
+        # not; no memory limit is set (max_memory_usage), so there is nothing to miss.
+        warnings.filterwarnings("ignore", "Unable to monitor memory usage", category=RuntimeWarning)
+        gevent.get_hub().start_periodic_monitoring_thread()
 
 
 def _count_block(event: object) -> None:

@@ -53,3 +53,17 @@ def test_the_startup_heap_is_left_out_of_later_collections():
         assert gc.get_freeze_count() > 1000  # this test process's imports, at least
     finally:
         gc.unfreeze()
+
+
+def test_watching_the_loop_warns_about_nothing_it_does_not_watch():
+    """The monitor thread would also watch memory if psutil were installed, and warns at start
+    when it is not; Offload never sets a memory limit, so that warning was noise in every log."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", "from app.hubwatch import watch_hub; watch_hub(20)"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "MonitorWarning" not in result.stderr
