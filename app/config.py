@@ -104,6 +104,9 @@ class Settings:
     # Longer than the longest retry delay plus the send lease; a row waiting behind a longer
     # backlog is republished too, which the consumers' ledger check makes harmless.
     relay_sweep_after_seconds: float = 900.0
+    # Published events, and webhook deliveries that ended (delivered or failed), are deleted
+    # once this old: the outbox and the webhook ledger would otherwise grow for ever.
+    event_retention_days: int = 30
     # How long a consumer owns a notification while sending it; longer than any send may take.
     send_lease_seconds: float = 30.0
     verification_max_age: int = 48 * 3600
@@ -205,6 +208,10 @@ class Settings:
             raise ConfigError(
                 "RELAY_SWEEP_AFTER_SECONDS must be longer than the longest retry delay plus "
                 f"SEND_LEASE_SECONDS ({longest_wait:g} s), not {self.relay_sweep_after_seconds!r}"
+            )
+        if self.event_retention_days < 1:
+            raise ConfigError(
+                f"EVENT_RETENTION_DAYS must be 1 or more, not {self.event_retention_days!r}"
             )
         if self.resend_max < 0 or self.resend_cooldown_seconds < 0:
             raise ConfigError("RESEND_MAX and RESEND_COOLDOWN_SECONDS must be 0 or more")
@@ -375,6 +382,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "RELAY_BATCH_SIZE": ("relay_batch_size", _int),
     "RELAY_GRACE_SECONDS": ("relay_grace_seconds", _float),
     "RELAY_SWEEP_AFTER_SECONDS": ("relay_sweep_after_seconds", _float),
+    "EVENT_RETENTION_DAYS": ("event_retention_days", _int),
     "SEND_LEASE_SECONDS": ("send_lease_seconds", _float),
     "UNVERIFIED_EXPIRY_SECONDS": ("unverified_expiry_seconds", _int),
     "RESEND_MAX": ("resend_max", _int),

@@ -27,7 +27,7 @@ import uuid
 from typing import Any
 
 import gevent
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -36,13 +36,16 @@ from app.events import EventMessage, encode_event
 from app.jobs import job_from_dict
 from app.ledger import mark_queued, send_lease_free
 from app.messaging import Publisher, PublishError
-from app.models import Event, Notification
+from app.models import Event, Notification, WebhookDelivery
 from services.metrics import EVENTS_PUBLISHED, RELAYED, SWEPT
 
 log = logging.getLogger(__name__)
 
 # Beyond the publishes themselves: the claim, the final mark, a pause of the process.
 LEASE_MARGIN_SECONDS = 30.0
+# Old events deleted per sweep, at most: this many batches of RELAY_BATCH_SIZE (each of events
+# and of webhook deliveries).
+MAX_FORGET_BATCHES = 50
 
 
 def relay_lease_seconds(*, batch_size: int, publish_timeout: float) -> float:
@@ -206,6 +209,44 @@ def sweep_once(
         return len(swept)
 
 
+def forget_old_events(
+    sessions: sessionmaker[Session], *, retention_seconds: float, batch_size: int
+) -> int:
+    """Delete one batch of published events older than the retention, and one of the webhook
+    deliveries that ended (delivered or failed) that long ago; return how many rows went.
+
+    Pending events stay whatever their age (they have not gone out yet), and so do deliveries
+    still retrying. A batch at a time: on SQLite every DELETE holds the one write lock.
+    """
+    cutoff = database_now(-retention_seconds)
+    old_events = (
+        select(Event.id)
+        .where(Event.status == "published", Event.created_at < cutoff)
+        .limit(batch_size)
+    )
+    ended_deliveries = (
+        select(WebhookDelivery.event_id)
+        .where(
+            WebhookDelivery.status.in_(("delivered", "failed")),
+            WebhookDelivery.created_at < cutoff,
+        )
+        .limit(batch_size)
+    )
+    with session_scope(sessions) as session:
+        connection = session.connection()
+        events = connection.execute(
+            delete(Event).where(Event.id.in_(old_events.scalar_subquery()))
+        ).rowcount
+        deliveries = connection.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.event_id.in_(ended_deliveries.scalar_subquery()),
+                WebhookDelivery.status.in_(("delivered", "failed")),
+            )
+        ).rowcount
+        session.commit()
+    return events + deliveries
+
+
 def relay_once(
     sessions: sessionmaker[Session],
     publisher: Publisher,
@@ -330,8 +371,10 @@ class Relay:
         grace_seconds: float,
         publish_timeout: float,
         sweep_after_seconds: float = 900.0,
+        event_retention_seconds: float = 30 * 86400.0,
     ) -> None:
         self.sessions = sessions
+        self.event_retention_seconds = event_retention_seconds
         self.sweep_after_seconds = sweep_after_seconds
         self._next_sweep = 0.0
         self.publisher = publisher
@@ -394,3 +437,22 @@ class Relay:
             )
         except Exception:
             log.exception("relay: sweep failed")
+        try:
+            forgotten = 0
+            # Bounded, so a first sweep over a long history cannot hold the relay for long.
+            for _ in range(MAX_FORGET_BATCHES):
+                deleted = forget_old_events(
+                    self.sessions,
+                    retention_seconds=self.event_retention_seconds,
+                    batch_size=self.batch_size,
+                )
+                forgotten += deleted
+                if deleted == 0:
+                    break
+                gevent.sleep(0)
+            if forgotten:
+                log.info(
+                    "relay: deleted %d events and webhook deliveries past retention", forgotten
+                )
+        except Exception:
+            log.exception("relay: deleting old events failed")

@@ -84,6 +84,7 @@ def run_relay(settings: Settings) -> int:
         grace_seconds=settings.relay_grace_seconds,
         publish_timeout=max(settings.publish_timeout, 5.0),
         sweep_after_seconds=settings.relay_sweep_after_seconds,
+        event_retention_seconds=settings.event_retention_days * 86400.0,
     )
     on_stop_signals(relay.request_stop)
     print(f"offload relay started (every {settings.relay_interval}s)", flush=True)

@@ -63,6 +63,7 @@ VARIABLES = [
     ("RELAY_BATCH_SIZE", "relay_batch_size", "50", 50, "all"),
     ("RELAY_GRACE_SECONDS", "relay_grace_seconds", "45", 45.0, "a while"),
     ("RELAY_SWEEP_AFTER_SECONDS", "relay_sweep_after_seconds", "1200", 1200.0, "0"),
+    ("EVENT_RETENTION_DAYS", "event_retention_days", "7", 7, "0"),
     ("UNVERIFIED_EXPIRY_SECONDS", "unverified_expiry_seconds", "3600", 3600, "0"),
     ("SMS_BUDGET_GLOBAL", "sms_budget_global", "500/hour", "500/hour", "lots"),
     ("SMS_BUDGET_PER_COUNTRY", "sms_budget_per_country", "50/hour", "50/hour", "5 per hour"),
