@@ -227,6 +227,16 @@ def shape(results: dict[str, Any], directory: Path) -> dict[str, Any]:
             }
             for row in results.get("ratios") or []
         ],
+        # The other web shapes the run swept (gunicorn with its workers), each apart.
+        "other_sweeps": [
+            {
+                "server": sweep["server"],
+                "label": sweep["label"],
+                "workers": sweep["workers"],
+                "tables": latency_rows(sweep["points"], {}, None),
+            }
+            for sweep in results.get("other_servers") or []
+        ],
         "nagle": nagle_rows(results),
         "cpu_parts": CPU_PARTS,
         "cpu": cpu_rows(points),
