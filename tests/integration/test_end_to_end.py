@@ -5,11 +5,22 @@ from __future__ import annotations
 import signal
 import time
 
+import pika
 import pytest
 import requests
+from sqlalchemy import select
 
+from app.db import make_engine
+from app.jobs import work_queue
+from app.models import Event
 from app.servertiming import parse_server_timing
-from tests.integration.helpers import assert_delivered_once, deliveries, register, unique_user
+from tests.integration.helpers import (
+    assert_delivered_once,
+    deliveries,
+    register,
+    unique_user,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +45,54 @@ def test_inline_modes_have_sent_before_the_answer(stack, mode):
     # The sinks recorded them before the web process answered.
     assert deliveries(stack, "smtp", {user["email"]})[user["email"]] == 1
     assert deliveries(stack, "sms", {user["phone"]})[user["phone"]] == 1
+
+
+@pytest.mark.parametrize("mode", ["serial", "parallel"])
+def test_an_inline_registrations_event_reaches_the_consumers_and_sends_nothing_more(stack, mode):
+    """The relay publishes the event for the other subscribers once the inline sends are
+    recorded; the email and SMS queues are subscribers too, and their consumers find the rows
+    already sent."""
+    user = register(stack.base_url, mode)["user"]
+    wait_for(
+        lambda: registration_event_status(stack, user["id"]) == "published",
+        timeout=30,
+        what="the relay to publish the registration's event",
+    )
+    wait_for(
+        lambda: all(ready_messages(stack, work_queue(c)) == 0 for c in ("email", "sms")),
+        timeout=30,
+        what="the consumers to take the event",
+    )
+    time.sleep(1.0)  # a second send would reach the sinks within the sinks' 50 ms
+    # Every record, the resends the sinks recognise (same Message-ID or key) included.
+    assert [r["to"] for r in stack.sinks["smtp"].records() if r["to"] == user["email"]] == [
+        user["email"]
+    ]
+    assert [r["to"] for r in stack.sinks["sms"].records() if r["to"] == user["phone"]] == [
+        user["phone"]
+    ]
+
+
+def registration_event_status(stack, user_id):
+    engine = make_engine(stack.database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                select(Event.status).where(
+                    Event.type == "user.registered",
+                    Event.body["data"]["user_id"].as_string() == user_id,
+                )
+            ).scalar_one_or_none()
+    finally:
+        engine.dispose()
+
+
+def ready_messages(stack, queue):
+    connection = pika.BlockingConnection(pika.URLParameters(stack.amqp_url))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        connection.close()
 
 
 def test_server_timing_names_the_steps_of_each_mode(stack):
