@@ -6,6 +6,7 @@ No Flask here.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import Insert, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -258,10 +259,8 @@ def register_user(
     notifications = build_notifications(settings, user, code)
     # The domain event rides in the same transaction: it exists exactly when the user does.
     registered_event = user_event(USER_REGISTERED, user.id, now)
-    insert_event = insert(EVENTS)
     if event_lease_seconds > 0:
         registered_event["claimed_by"] = REQUEST_HOLDER
-        insert_event = insert_event.values(claimed_until=database_now(event_lease_seconds))
     lease_token = new_lease_token() if send_lease_seconds > 0 else None
     for notification in notifications:
         notification.send_lease_token = lease_token
@@ -271,11 +270,6 @@ def register_user(
         notification.created_at = now
         notification.queued_at = notification.sent_at = None
         notification.event_id = registered_event["id"]
-    insert_notifications = insert(Notification)
-    if lease_token is not None:
-        insert_notifications = insert_notifications.values(
-            send_lease_until=database_now(send_lease_seconds)
-        )
 
     sms = next(n for n in notifications if n.channel == "sms")
 
@@ -286,11 +280,12 @@ def register_user(
             # registration costs no budget, and no extra transaction is spent.
             held = charge_sms(connection, sms_budgets, user.phone)
             sms.status, sms.last_error = (HELD, held) if held else (initial_status, initial_error)
-        connection.execute(insert(User), [_columns(user, USER_COLUMNS)])
+        connection.execute(INSERT_USER, [_columns(user, USER_COLUMNS)])
         connection.execute(
-            insert_notifications, [_columns(n, NOTIFICATION_COLUMNS) for n in notifications]
+            _insert_notifications(send_lease_seconds if lease_token else 0.0),
+            [_columns(n, NOTIFICATION_COLUMNS) for n in notifications],
         )
-        connection.execute(insert_event, [registered_event])
+        connection.execute(_insert_event(event_lease_seconds), [registered_event])
         session.commit()
 
     try:
@@ -346,6 +341,29 @@ NOTIFICATION_COLUMNS = (
     "send_lease_token",
     "event_id",
 )
+
+
+# The registration's statements are built once: building one, and its cache key, cost more CPU
+# than a small INSERT's execution. A lease is timed by the database's clock (database_now).
+INSERT_USER = insert(User)
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_notifications(lease_seconds: float) -> Insert:
+    """The notification rows, written holding a send lease of `lease_seconds` (0: none)."""
+    statement = insert(Notification)
+    if lease_seconds > 0:
+        statement = statement.values(send_lease_until=database_now(lease_seconds))
+    return statement
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_event(lease_seconds: float) -> Insert:
+    """The event row, held by its request for `lease_seconds` (0: the relay's at once)."""
+    statement = insert(EVENTS)
+    if lease_seconds > 0:
+        statement = statement.values(claimed_until=database_now(lease_seconds))
+    return statement
 
 
 def _columns(row: object, names: tuple[str, ...]) -> dict[str, Any]:
