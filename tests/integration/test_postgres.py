@@ -228,3 +228,43 @@ def test_a_reset_while_registering_is_503_with_retry_after(postgres_url):
         assert proxy.resets == 1
         # The reset connection was thrown away: the client's retry gets a new one.
         testapp.post_json("/api/users", unique_user("reset"), status=201)
+
+
+def test_a_reset_while_committing_is_503_with_retry_after(postgres_url):
+    # pg8000 commits with a statement of its own, not through SQLAlchemy's execute: seen in
+    # test_cluster's PostgreSQL restart as a 500.
+    with ResettingProxy(postgres_url) as proxy:
+        testapp = make_testapp(proxy.url)
+        proxy.reset_on(b"commit\x00")
+        refused = testapp.post_json("/api/users", unique_user("reset"), status=503)
+        assert int(refused.headers["Retry-After"]) > 0
+        assert proxy.resets == 1
+        testapp.post_json("/api/users", unique_user("reset"), status=201)
+
+
+# The pool's pre-ping on checkout: pg8000 sends SQLAlchemy's empty statement as a simple Query.
+PRE_PING = b"Q\x00\x00\x00\x06;\x00"
+
+
+def test_a_reset_while_the_pool_pings_a_connection_gets_a_new_one(postgres_url):
+    with ResettingProxy(postgres_url) as proxy:
+        testapp = make_testapp(proxy.url)
+        testapp.post_json("/api/users", unique_user("ping"), status=201)  # one pooled connection
+        proxy.reset_on(PRE_PING)
+        # What a pre-ping is for: the dead connection is replaced and the request served.
+        testapp.post_json("/api/users", unique_user("ping"), status=201)
+        assert proxy.resets == 1
+
+
+def test_a_reset_while_rolling_back_at_teardown_still_answers(postgres_url):
+    # The request has its answer; the session's rollback at teardown meets the lost connection.
+    # Raised from the teardown, a bare ConnectionResetError reached gunicorn, which took it for
+    # its own client's reset and closed the connection without an answer: nginx said 502.
+    with ResettingProxy(postgres_url) as proxy:
+        # One pooled connection: the lost one must go back to the pool, to be replaced.
+        testapp = make_testapp(proxy.url, database_pool_size=1, database_pool_timeout=5)
+        created = testapp.post_json("/api/users", unique_user("teardown"), status=201)
+        proxy.reset_on(b"rollback\x00")
+        testapp.get(f"/api/status/{created.json['status_token']}", status=200)
+        assert proxy.resets == 1
+        testapp.get(f"/api/status/{created.json['status_token']}", status=200)
