@@ -16,6 +16,8 @@ from typing import Any
 
 import gevent
 import gevent.lock
+import pg8000.exceptions
+import pg8000.legacy
 from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engine, event
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.ext.compiler import compiles
@@ -195,52 +197,42 @@ def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) 
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", _connect_reporting_socket_errors)
-        _report_socket_errors_as_network_errors(engine)
     return engine
 
 
-def _report_socket_errors_as_network_errors(engine: Engine) -> None:
-    """pg8000 lets a connection reset while it reads a reply escape as a bare OSError
-    (ConnectionResetError, seen when PostgreSQL restarts under load), which SQLAlchemy does not
-    wrap: the request answered 500. Raised as the driver's InterfaceError("network error"),
-    SQLAlchemy treats it as the lost connection it is (the connection is invalidated) and the
-    views answer 503 with Retry-After, as for every other lost connection."""
+class _Pg8000Connection(pg8000.legacy.Connection):  # the class pg8000.connect() returns
+    """pg8000's connection, with a socket error while it reads a reply raised as the driver's
+    InterfaceError("network error"), as pg8000 already raises its other socket errors.
 
-    def network_error(dialect: Dialect, call: Callable[[], object]) -> None:
+    pg8000 reads the first bytes of a reply outside its own `except OSError`: a connection reset
+    there (PostgreSQL restarting under load) escaped as a bare ConnectionResetError, which
+    SQLAlchemy does not wrap, and the request answered 500. Every reply is read in
+    `handle_messages`, whoever asked: a statement, pg8000's own COMMIT and ROLLBACK, the pool's
+    pre-ping. As the driver's InterfaceError, SQLAlchemy treats it as the lost connection it is:
+    the connection is invalidated, the views answer 503 with Retry-After, and a pre-ping that
+    meets it gives the request a new connection.
+    """
+
+    def handle_messages(self, context: Any) -> None:
         try:
-            call()
+            super().handle_messages(context)
         except OSError as exc:
-            raise dialect.loaded_dbapi.InterfaceError(f"network error: {exc!r}") from exc
-
-    def do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        network_error(context.dialect, lambda: cursor.execute(statement, parameters))
-        return True
-
-    def do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-        network_error(context.dialect, lambda: cursor.executemany(statement, parameters))
-        return True
-
-    def do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
-        network_error(context.dialect, lambda: cursor.execute(statement))
-        return True
-
-    event.listen(engine, "do_execute", do_execute)
-    event.listen(engine, "do_executemany", do_executemany)
-    event.listen(engine, "do_execute_no_params", do_execute_no_params)
+            raise pg8000.exceptions.InterfaceError(f"network error: {exc!r}") from exc
 
 
 def _connect_reporting_socket_errors(
-    dialect: Dialect, _record: Any, cargs: Any, cparams: Any
+    _dialect: Dialect, _record: Any, cargs: Any, cparams: Any
 ) -> Any:
-    """pg8000 lets a socket error while it opens a connection escape as a bare OSError (a
-    server shutting down resets the connection mid-handshake). Raised as the driver's own
+    """Open a `_Pg8000Connection`, as pg8000.connect() would open its own.
+
+    pg8000 lets a socket error while it opens a connection escape as a bare OSError (a server
+    shutting down resets the connection mid-handshake). Raised as the driver's own
     InterfaceError instead, SQLAlchemy wraps it like every other lost connection, and the views
     answer 503 with Retry-After rather than 500."""
-    dbapi = dialect.loaded_dbapi
     try:
-        return dbapi.connect(*cargs, **cparams)
+        return _Pg8000Connection(*cargs, **cparams)
     except OSError as exc:
-        raise dbapi.InterfaceError(f"cannot connect: {exc!r}") from exc
+        raise pg8000.exceptions.InterfaceError(f"cannot connect: {exc!r}") from exc
 
 
 def pool_options(database_url: str, *, size: int, timeout: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, current_app, g
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -65,5 +66,16 @@ def get_session() -> Session:
 
 def _close_session(_exc: BaseException | None) -> None:
     session = g.pop("db_session", None)
-    if session is not None:
+    if session is None:
+        return
+    try:
         session.close()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        # The rollback met a lost connection (the server restarting): the server has dropped
+        # the transaction already and the request has its answer. Raised from the teardown, the
+        # error would replace that answer: a 500 from gunicorn, or, a bare reset, no answer at
+        # all. invalidate() hands the connection back to the pool without another rollback.
+        session.invalidate()
+        current_app.logger.warning("database connection lost at teardown: %s", exc.orig)

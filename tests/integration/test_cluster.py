@@ -152,6 +152,14 @@ def server_errors(cluster: Cluster) -> str:
     return "\n".join(f"{line[:600]} ... {line[-1500:]}" for line in failed[-3:])
 
 
+def proxy_errors(cluster: Cluster) -> str:
+    """nginx's last upstream errors: why it answered 502 (gunicorn logs no exception when a
+    connection reset escapes the app, or when it closes an idle keep-alive connection)."""
+    path = cluster.log_dir / "nginx-error.log"
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return "\n".join([line for line in lines if "upstream" in line][-5:])
+
+
 def test_postgresql_restart_during_registrations_is_503_with_retry_after(cluster):
     load = Load(cluster, REGISTRATIONS)
     assert cluster.postgres is not None
@@ -160,6 +168,8 @@ def test_postgresql_restart_during_registrations_is_503_with_retry_after(cluster
         print(server_errors(cluster))  # pytest shows it with the failure
     assert 500 not in load.statuses, load.statuses
     unexpected = {s for s in load.statuses if s not in (201, 503)}
+    if 502 in unexpected:
+        print(proxy_errors(cluster))
     assert not unexpected, load.statuses
     for response in load.refusals:
         assert response.status_code == 503

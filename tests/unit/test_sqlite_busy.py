@@ -1,12 +1,15 @@
-"""Waiting for SQLite's write lock must not freeze the process's other greenlets."""
+"""Waiting for SQLite's write lock must not freeze the process's other greenlets, and the
+greenlets that wait get the lock in the order they came."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 
 import gevent
+import gevent.event
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from app.db import make_engine
@@ -56,3 +59,50 @@ def test_past_the_busy_timeout_the_error_is_raised(database):
     with pytest.raises(OperationalError, match="locked"), engine.begin() as connection:
         connection.execute(text("INSERT INTO t VALUES (1)"))
     holder.execute("ROLLBACK")
+
+
+class Attempts:
+    """Each greenlet's INSERT attempts, counted by SQLite's trace callback (it sees every try,
+    the ones the write lock refuses too), and a wait for a greenlet's count to reach a number."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[object] = Counter()
+        self._counted = gevent.event.Event()
+
+    def trace(self, statement: str) -> None:
+        if statement.startswith("INSERT"):
+            self.counts[gevent.getcurrent()] += 1
+            self._counted.set()
+
+    def wait_for(self, writer: object, count: int) -> None:
+        while self.counts[writer] < count:
+            self._counted.clear()
+            assert self._counted.wait(timeout=10), f"stuck at {self.counts[writer]} attempts"
+
+
+def test_writers_that_find_the_lock_taken_get_it_in_the_order_they_came(database):
+    # One writer has waited a while; three more come and find the lock taken; then it is free.
+    # Each greenlet backing off on its own, the newcomers, whose pauses were still the shortest,
+    # polled first and took the lock from the one that had waited longest; under steady
+    # contention such a writer could lose every race until its busy timeout (a 503). In line,
+    # they write in the order they came. No clock is read: the attempts are counted.
+    holder = hold_write_lock(database)
+    engine = make_engine(f"sqlite:///{database}", busy_timeout=30)
+    attempts = Attempts()
+    event.listen(engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(attempts.trace))
+
+    def write(n: int) -> None:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+
+    first = gevent.spawn(write, 1)
+    attempts.wait_for(first, 8)  # long enough for a lone writer's pauses to have grown
+    writers = [first]
+    for n in (2, 3, 4):
+        writers.append(gevent.spawn(write, n))
+        attempts.wait_for(writers[-1], 1)  # it has found the lock taken
+    holder.execute("COMMIT")
+    gevent.joinall(writers, raise_error=True)
+    with engine.connect() as connection:
+        written = connection.execute(text("SELECT x FROM t ORDER BY rowid")).scalars().all()
+    assert written == [1, 2, 3, 4]
