@@ -68,3 +68,18 @@ def test_the_nginx_site_forwards_the_scheme_and_the_client():
 def test_a_placeholder_without_a_value_is_an_error():
     with pytest.raises(ClusterError, match="@MISSING@"):
         render("listen @MISSING@;", {})
+
+
+def test_nginx_drops_an_idle_upstream_connection_before_gunicorn_does():
+    """nginx reuses idle connections to gunicorn (upstream keepalive). One gunicorn closes at
+    its `keepalive` seconds can be taken by nginx just as it goes: the POST on it fails with
+    'connection reset' and nginx, which never retries a POST, answers 502. Seen in
+    tests/integration/test_cluster.py after a pause of about gunicorn's 5 s."""
+    site = (DEPLOY / "nginx" / "offload.conf").read_text()
+    upstream = re.search(r"upstream offload_web \{(.*?)\}", site, re.S)
+    assert upstream, "no upstream block in the nginx site"
+    found = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream.group(1), re.M)
+    assert found, "the upstream sets no keepalive_timeout (nginx's default is 60 s)"
+    gunicorn = (DEPLOY.parent / "gunicorn.conf.py").read_text()
+    gunicorn_keepalive = int(re.search(r"^keepalive = (\d+)$", gunicorn, re.M).group(1))
+    assert int(found.group(1)) < gunicorn_keepalive
