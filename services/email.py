@@ -8,15 +8,14 @@ mail to ledger rows.
 
 from __future__ import annotations
 
+import binascii
+import functools
 import re
 import smtplib
 import ssl
 import time
-from email.charset import QP, Charset
 from email.header import Header
-from email.mime.text import MIMEText
-from email.policy import compat32
-from email.utils import parseaddr
+from email.utils import formataddr, formatdate, parseaddr
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -25,11 +24,15 @@ from app.jobs import EmailJob
 from app.logs import mask_email
 from app.senders import PermanentSendError, TransientSendError
 
-# UTF-8 bodies as quoted-printable: readable in the raw message, safe on any SMTP server.
-_UTF8_QP = Charset("utf-8")
-_UTF8_QP.body_encoding = QP
-# SMTP wants CRLF line endings; smtplib leaves a bytes message as it is.
-_SMTP_LINES = compat32.clone(linesep="\r\n")
+# What every welcome email is: one UTF-8 text part, quoted-printable (readable in the raw
+# message, safe on any SMTP server, lines of at most 76 characters).
+_MIME_HEADERS = (
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: text/plain; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+)
+# RFC 5322's recommended longest header line, CRLF excluded.
+_HEADER_LINE = 78
 
 
 def smtp_address(address: str) -> tuple[str, bool]:
@@ -51,29 +54,57 @@ def smtp_address(address: str) -> tuple[str, bool]:
     return f"{parsed.local_part}@{parsed.ascii_domain}", True
 
 
-def build_message(job: EmailJob, mail_from: str, to: str | None = None) -> MIMEText:
-    """The welcome email as MIME, addressed to `to` (the wire form, default `job.to`).
+def build_message(job: EmailJob, mail_from: str, to: str | None = None) -> bytes:
+    """The welcome email as SMTP DATA (CRLF lines), addressed to `to` (the wire form, default
+    `job.to`).
 
-    Built with the email package's compat32 API: the modern `EmailMessage` parses and refolds
-    every header through its header registry, which measured 0.85 ms per message against 0.11
-    ms here, and a consumer builds one per job.
+    Written out directly: the email package's MIMEText and generator took about a fifth of the
+    email consumer's CPU for a message whose shape never changes. The package still encodes
+    what is not plain: a non-ASCII or long subject (RFC 2047, folded) and a non-ASCII display
+    name in MAIL_FROM (once per sender).
     """
-    message = MIMEText(job.text, "plain", _UTF8_QP)  # type: ignore[arg-type]
-    message["From"] = mail_from
     to = job.to if to is None else to
-    # An address is never RFC 2047-encoded (that breaks it); a UTF-8 one (SMTPUTF8 only) is
-    # written as raw UTF-8, which compat32 passes through from surrogate escapes.
-    message["To"] = to if to.isascii() else to.encode().decode("ascii", "surrogateescape")
-    # RFC 2047 encoding only when needed: an ASCII subject goes as it is (and costs a seventh
-    # of the encoding's CPU).
-    message["Subject"] = (
-        job.subject if job.subject.isascii() else Header(job.subject, "utf-8")  # type: ignore[assignment]
+    subject = job.subject
+    if _breaks_a_line(to, subject, job.notification_id):
+        raise PermanentSendError("a header value holds a line break")
+    if not subject.isascii() or len("Subject: ") + len(subject) > _HEADER_LINE:
+        charset = "us-ascii" if subject.isascii() else "utf-8"  # ASCII is only folded
+        subject = Header(subject, charset, header_name="Subject").encode(linesep="\r\n")
+    text = job.text
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    body = binascii.b2a_qp(text.encode(), istext=True).replace(b"\n", b"\r\n")
+    return b"".join(
+        (
+            _from_line(mail_from),
+            # An address is never RFC 2047-encoded (that breaks it); a UTF-8 one (SMTPUTF8
+            # only) goes as raw UTF-8.
+            b"To: %s\r\n" % to.encode(),
+            b"Subject: %s\r\n" % subject.encode("ascii"),
+            b"Date: %s\r\n" % formatdate(usegmt=True).encode("ascii"),
+            # Derived from the notification alone: a resend after a crash (sent, but not yet
+            # recorded in the ledger) carries the same Message-ID, which mail systems use to
+            # fold duplicates.
+            b"Message-ID: <%s@offload.local>\r\n" % job.notification_id.encode(),
+            b"X-Offload-Notification: %s\r\n" % job.notification_id.encode(),
+            _MIME_HEADERS,
+            b"\r\n",
+            body,
+        )
     )
-    # Derived from the notification alone: a resend after a crash (sent, but not yet recorded
-    # in the ledger) carries the same Message-ID, which mail systems use to fold duplicates.
-    message["Message-ID"] = f"<{job.notification_id}@offload.local>"
-    message["X-Offload-Notification"] = job.notification_id
-    return message
+
+
+def _breaks_a_line(*values: str) -> bool:
+    return any("\n" in value or "\r" in value for value in values)
+
+
+@functools.lru_cache(maxsize=8)
+def _from_line(mail_from: str) -> bytes:
+    """The From header: a non-ASCII display name RFC 2047-encoded, the address as it is."""
+    name, address = parseaddr(mail_from)
+    if not address or _breaks_a_line(mail_from):
+        raise ValueError(f"MAIL_FROM is not an address: {mail_from!r}")
+    return b"From: %s\r\n" % formataddr((name, address), "utf-8").encode()
 
 
 # A connection idle longer than this is checked with NOOP before reuse: servers drop idle
@@ -116,6 +147,7 @@ class SmtpEmailSender:
         self.timeout = timeout
         self.max_idle_sessions = max_idle_sessions
         self.envelope_from = parseaddr(mail_from)[1]
+        _from_line(mail_from)  # refuses a MAIL_FROM that is no address now, not on every send
         # (session, monotonic time it was returned); list operations never yield, so greenlets
         # cannot take the same session.
         self._idle: list[tuple[smtplib.SMTP, float]] = []
@@ -186,12 +218,7 @@ class SmtpEmailSender:
                         )
                     )
                 options.append("SMTPUTF8")
-            smtp.sendmail(
-                self.envelope_from,
-                [to],
-                message.as_bytes(policy=_SMTP_LINES),
-                mail_options=options,
-            )
+            smtp.sendmail(self.envelope_from, [to], message, mail_options=options)
             self._return_session(smtp)
             smtp = None
         except smtplib.SMTPRecipientsRefused as exc:
