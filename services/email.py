@@ -12,6 +12,7 @@ import binascii
 import functools
 import re
 import smtplib
+import socket
 import ssl
 import time
 from email.header import Header
@@ -151,9 +152,11 @@ class SmtpEmailSender:
         # (session, monotonic time it was returned); list operations never yield, so greenlets
         # cannot take the same session.
         self._idle: list[tuple[smtplib.SMTP, float]] = []
+        self._local_hostname: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SmtpEmailSender:
+    def from_settings(cls, settings: Settings, *, max_idle_sessions: int = 20) -> SmtpEmailSender:
+        """A consumer keeps one idle session per concurrent send (services/workers.py)."""
         return cls(
             settings.smtp_host,
             settings.smtp_port,
@@ -163,10 +166,17 @@ class SmtpEmailSender:
             starttls=settings.smtp_starttls,
             allow_insecure_login=settings.smtp_allow_insecure_login,
             timeout=settings.smtp_timeout,
+            max_idle_sessions=max_idle_sessions,
         )
 
     def _open_session(self) -> smtplib.SMTP:
-        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        if self._local_hostname is None:
+            # What EHLO announces. smtplib would look it up (a reverse DNS query, in gevent's
+            # thread pool) for every new session.
+            self._local_hostname = socket.getfqdn()
+        smtp = smtplib.SMTP(
+            self.host, self.port, local_hostname=self._local_hostname, timeout=self.timeout
+        )
         try:
             if self.starttls:
                 smtp.starttls(context=ssl.create_default_context())

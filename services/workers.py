@@ -36,7 +36,9 @@ log = logging.getLogger("offload.worker")
 
 def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: int) -> int:
     sender = (
-        SmtpEmailSender.from_settings(settings)
+        # One idle SMTP session kept per concurrent send: with fewer, every burst of sends
+        # wider than the pool closes sessions that the next burst opens again.
+        SmtpEmailSender.from_settings(settings, max_idle_sessions=concurrency)
         if channel == "email"
         else HttpSmsSender.from_settings(settings)
     )
