@@ -57,6 +57,11 @@ DRAIN_SECONDS = 30.0
 # also costs the web process (its writes wait for the lock, its page cache is invalidated), so
 # fewer, larger ones pay twice; 10 ms is small beside a send's 50 ms.
 LINGER_SECONDS = 0.01
+# A record waits longer: it delays only the ledger's "sent" and the ack, never a message (the
+# server already has it). A record transaction is the consumer's costliest (on SQLite its UPDATE,
+# which finds rows by (id, lease token) pairs, reads the whole table) and holds the write lock
+# the web process waits on. The deliveries it keeps unacked meanwhile stay well under prefetch.
+RECORD_LINGER_SECONDS = 0.05
 
 
 @dataclass
@@ -219,7 +224,7 @@ class Consumer:
         """Take every delivery waiting, claim them in one transaction, start their sends."""
         while True:
             batch: list[Delivery] = _take_batch(
-                self._work, linger=self._in_flight > 0, limit=self.prefetch
+                self._work, linger=LINGER_SECONDS if self._in_flight > 0 else 0, limit=self.prefetch
             )
             self._in_flight += len(batch)
             try:
@@ -250,7 +255,9 @@ class Consumer:
         """Record every finished send in one transaction, then hand the verdicts over."""
         while True:
             finished: list[tuple[Delivery, Any]] = _take_batch(
-                self._results, linger=self._send_slots.counter < self.concurrency, limit=None
+                self._results,
+                linger=RECORD_LINGER_SECONDS if self._send_slots.counter < self.concurrency else 0,
+                limit=None,
             )
             try:
                 verdicts: list[Verdict] = self.handler.record(
@@ -376,15 +383,16 @@ class Consumer:
 T = TypeVar("T")
 
 
-def _take_batch(queue: gevent.queue.Queue[T], *, linger: bool, limit: int | None) -> list[T]:
+def _take_batch(queue: gevent.queue.Queue[T], *, linger: float, limit: int | None) -> list[T]:
     """Wait for one item, then take every item waiting (at most `limit`).
 
-    Group commit: with `linger` (other work in flight) it first gives the items arriving
-    alongside a moment, so one transaction and one ack frame serve several jobs.
+    Group commit: with `linger` seconds (0 when no other work is in flight) it first gives
+    the items arriving alongside a moment, so one transaction and one ack frame serve several
+    jobs.
     """
     batch = [queue.get()]
     if linger:
-        gevent.sleep(LINGER_SECONDS)
+        gevent.sleep(linger)
     while (limit is None or len(batch) < limit) and not queue.empty():
         batch.append(queue.get_nowait())
     return batch
