@@ -361,9 +361,12 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
         recorded = connection.execute(
             update(NOTIFICATIONS)
             .where(
+                # The ids alone first: SQLite reads a (id, token) IN (VALUES ...) of several
+                # rows by scanning the whole table, and finds ids by their index.
+                NOTIFICATIONS.c.id.in_([s.notification_id for s in sent]),
                 tuple_(NOTIFICATIONS.c.id, NOTIFICATIONS.c.send_lease_token).in_(
                     [(s.notification_id, s.lease_token) for s in sent]
-                )
+                ),
             )
             .values(
                 status="sent",

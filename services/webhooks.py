@@ -253,6 +253,9 @@ class WebhookHandler:
                     update(DELIVERIES)
                     .where(
                         DELIVERIES.c.endpoint == self.name,
+                        # The keys alone first, as in app.ledger.record_sends: SQLite would
+                        # scan the table for the (event_id, token) pairs.
+                        DELIVERIES.c.event_id.in_([event_id for event_id, _token in delivered]),
                         tuple_(DELIVERIES.c.event_id, DELIVERIES.c.send_lease_token).in_(delivered),
                     )
                     .values(

@@ -1,0 +1,55 @@
+"""The consumers' statements find their rows by index, never by reading the whole table: a
+scan costs nothing on a test's few rows and milliseconds per batch on a real ledger, growing
+with every registration (SQLite's query plan says which)."""
+
+from __future__ import annotations
+
+from sqlalchemy import event, select
+
+from app.ledger import Sent, new_lease_token, record_sends, take_send_leases
+from app.models import Notification
+
+
+def plans_of_updates(sessions, run):
+    """The query plan of every UPDATE of notifications `run(session)` executes."""
+    captured: list[tuple[str, object]] = []
+    with sessions() as session:
+        engine = session.get_bind()
+
+        def capture(_conn, _cursor, statement, parameters, _context, _many):
+            if statement.lstrip().upper().startswith("UPDATE NOTIFICATIONS"):
+                captured.append((statement, parameters))
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            run(session)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        connection = session.connection().connection.driver_connection
+        plans = []
+        for statement, parameters in captured:
+            rows = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+            plans.append(" / ".join(str(row[-1]) for row in rows))
+        session.rollback()
+    return plans
+
+
+def test_recording_sends_looks_rows_up_by_their_key(sessions, email_notification):
+    token = new_lease_token()
+    with sessions() as session:
+        rows = session.scalars(
+            select(Notification).where(Notification.user_id == email_notification.user_id)
+        ).all()
+        sent = [Sent(row.id, token, row.payload) for row in rows]
+    assert len(sent) == 2  # a batch: SQLite plans one row apart from several
+
+    def claim_and_record(session):
+        take_send_leases(session, [s.notification_id for s in sent], 30, token)
+        session.commit()
+        record_sends(session, sent, [])
+
+    plans = plans_of_updates(sessions, claim_and_record)
+    assert len(plans) == 2
+    for plan in plans:
+        assert "SCAN notifications" not in plan, plan
+        assert "SEARCH notifications" in plan, plan
