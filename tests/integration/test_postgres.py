@@ -39,7 +39,13 @@ def postgres_url() -> Iterator[str]:
 
 
 def make_testapp(url: str, **overrides: object) -> webtest.TestApp:
-    settings = Settings(database_url=url, secret_key="pg-test", rate_limit_enabled=False)
+    # queued_mark_interval=0: a confirm's mark is written at once, as in tests/conftest.py. With
+    # the default its flush waited on the hub for a later test that yields to it, and ran there
+    # against this test's database, gone by then (through the resetting proxy: a connect that
+    # hung the whole run in test_quorum).
+    settings = Settings(
+        database_url=url, secret_key="pg-test", rate_limit_enabled=False, queued_mark_interval=0
+    )
     app = create_app(
         settings.with_overrides(**overrides) if overrides else settings,
         publisher=InMemoryPublisher(),
