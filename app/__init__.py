@@ -83,6 +83,7 @@ def register_database(app: Flask, settings: Settings, engine: Engine | None) -> 
     engine = engine or db.make_engine(
         settings.database_url,
         busy_timeout=settings.database_busy_timeout,
+        socket_timeout=settings.database_timeout,
         **db.pool_options(
             settings.database_url,
             size=settings.web_database_pool_size,

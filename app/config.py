@@ -57,6 +57,10 @@ class Settings:
     # DATABASE_POOL_TIMEOUT for a connection answers 503 with Retry-After.
     database_pool_size: int = 0
     database_pool_timeout: float = 5.0
+    # PostgreSQL: how long a connection waits to connect, or for any reply, before it is given
+    # up as lost (503). Without it a server that accepts and never answers holds a request for
+    # ever. Migrations run without it (a long ALTER is no lost server).
+    database_timeout: float = 30.0
     web_workers: int = 2
     tcp_nodelay: bool = True
     # Count event-loop stalls longer than this many ms (gevent's monitor thread); 0 is off.
@@ -186,6 +190,8 @@ class Settings:
             )
         if self.database_pool_size < 0 or self.database_pool_timeout <= 0:
             raise ConfigError("DATABASE_POOL_SIZE must be 0 or more, DATABASE_POOL_TIMEOUT above 0")
+        if self.database_timeout <= 0:
+            raise ConfigError(f"DATABASE_TIMEOUT must be above 0, not {self.database_timeout!r}")
         if self.web_header_timeout <= 0 or self.web_idle_timeout <= 0:
             raise ConfigError("WEB_HEADER_TIMEOUT and WEB_IDLE_TIMEOUT must be above 0")
         if not any(url.strip() for url in self.amqp_url.split(",")):
@@ -356,6 +362,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "WEB_IDLE_TIMEOUT": ("web_idle_timeout", _float),
     "DATABASE_POOL_SIZE": ("database_pool_size", _int),
     "DATABASE_POOL_TIMEOUT": ("database_pool_timeout", _float),
+    "DATABASE_TIMEOUT": ("database_timeout", _float),
     "WEB_WORKERS": ("web_workers", _int),
     "TCP_NODELAY": ("tcp_nodelay", _bool),
     "HUB_BLOCK_REPORT_MS": ("hub_block_report_ms", _float),

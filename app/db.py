@@ -179,7 +179,16 @@ def _wait_while_busy(engine: Engine, busy_timeout: float) -> None:
     event.listen(engine, "do_execute_no_params", do_execute_no_params)
 
 
-def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) -> Engine:
+def make_engine(
+    database_url: str,
+    *,
+    busy_timeout: float = 5.0,
+    socket_timeout: float | None = None,
+    **kwargs: Any,
+) -> Engine:
+    """An engine for `database_url`. `busy_timeout`: SQLite's wait for the write lock.
+    `socket_timeout`: PostgreSQL's wait to connect or for any reply (None: for ever, as the
+    migrations want); past it the connection is lost, as if reset."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -194,6 +203,8 @@ def make_engine(database_url: str, *, busy_timeout: float = 5.0, **kwargs: Any) 
         # A bare postgresql:// URL gets pg8000: it is pure Python, so under gevent its socket
         # waits yield to the hub (SQLAlchemy's own default driver would block it).
         url = url.set(drivername="postgresql+pg8000")
+    if socket_timeout is not None and url.drivername == "postgresql+pg8000":
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "timeout": socket_timeout}
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", _connect_reporting_socket_errors)

@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="at most this many SMS")
     args = parser.parse_args(argv)
     settings = load_settings_or_exit()
-    engine = make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+    engine = make_engine(
+        settings.database_url,
+        busy_timeout=settings.database_busy_timeout,
+        socket_timeout=settings.database_timeout,
+    )
     try:
         with make_session_factory(engine)() as session:
             if args.action == "list":

@@ -47,7 +47,11 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
         amqp_url=settings.amqp_url,
         sender=sender,
         sessions=make_session_factory(
-            make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+            make_engine(
+                settings.database_url,
+                busy_timeout=settings.database_busy_timeout,
+                socket_timeout=settings.database_timeout,
+            )
         ),
         policy=RetryPolicy(
             settings.max_attempts, settings.retry_delays_ms, settings.send_lease_seconds
@@ -70,7 +74,11 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
 def run_relay(settings: Settings) -> int:
     relay = Relay(
         make_session_factory(
-            make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+            make_engine(
+                settings.database_url,
+                busy_timeout=settings.database_busy_timeout,
+                socket_timeout=settings.database_timeout,
+            )
         ),
         PikaPublisher(
             settings.amqp_url,
@@ -100,7 +108,11 @@ def run_webhooks(settings: Settings, concurrency: int, prefetch: int) -> int:
     one process (greenlets); with no endpoint, idle until stopped (a Procfile runner stops
     every process when one exits)."""
     sessions = make_session_factory(
-        make_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+        make_engine(
+            settings.database_url,
+            busy_timeout=settings.database_busy_timeout,
+            socket_timeout=settings.database_timeout,
+        )
     )
     policy = RetryPolicy(
         settings.max_attempts, settings.retry_delays_ms, settings.send_lease_seconds

@@ -37,6 +37,7 @@ VARIABLES = [
     ("WEB_IDLE_TIMEOUT", "web_idle_timeout", "4", 4.0, "-1"),
     ("DATABASE_POOL_SIZE", "database_pool_size", "40", 40, "-1"),
     ("DATABASE_POOL_TIMEOUT", "database_pool_timeout", "2", 2.0, "0"),
+    ("DATABASE_TIMEOUT", "database_timeout", "12.5", 12.5, "0"),
     ("TCP_NODELAY", "tcp_nodelay", "off", False, "nagle"),
     ("HUB_BLOCK_REPORT_MS", "hub_block_report_ms", "20", 20.0, "some"),
     ("SINK_DELAY_MS", "sink_delay_ms", "7", 7.0, "slow"),
