@@ -228,26 +228,24 @@ def test_a_reset_while_reading_a_reply_is_a_lost_connection(postgres_url):
     assert isinstance(caught.value.orig.__cause__, ConnectionResetError)
 
 
-def test_a_reset_while_registering_is_503_with_retry_after(postgres_url):
+@pytest.mark.parametrize(
+    "statement",
+    [
+        b"INSERT INTO users",
+        # pg8000 commits with a statement of its own, not through SQLAlchemy's execute: seen in
+        # test_cluster's PostgreSQL restart as a 500.
+        b"commit\x00",
+    ],
+    ids=["insert", "commit"],
+)
+def test_a_reset_while_registering_is_503_with_retry_after(postgres_url, statement):
     with ResettingProxy(postgres_url) as proxy:
         testapp = make_testapp(proxy.url)
-        proxy.reset_on(b"INSERT INTO users")
+        proxy.reset_on(statement)
         refused = testapp.post_json("/api/users", unique_user("reset"), status=503)
         assert int(refused.headers["Retry-After"]) > 0
         assert proxy.resets == 1
         # The reset connection was thrown away: the client's retry gets a new one.
-        testapp.post_json("/api/users", unique_user("reset"), status=201)
-
-
-def test_a_reset_while_committing_is_503_with_retry_after(postgres_url):
-    # pg8000 commits with a statement of its own, not through SQLAlchemy's execute: seen in
-    # test_cluster's PostgreSQL restart as a 500.
-    with ResettingProxy(postgres_url) as proxy:
-        testapp = make_testapp(proxy.url)
-        proxy.reset_on(b"commit\x00")
-        refused = testapp.post_json("/api/users", unique_user("reset"), status=503)
-        assert int(refused.headers["Retry-After"]) > 0
-        assert proxy.resets == 1
         testapp.post_json("/api/users", unique_user("reset"), status=201)
 
 
