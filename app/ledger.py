@@ -140,6 +140,7 @@ def record_inline_sends(
     transaction, the relay publishes it next, and the channel consumers it reaches find the
     rows already recorded.
     """
+    connection = session.connection()
     now = utcnow()
     events: list[dict[str, object]] = []
     for outcome in outcomes:
@@ -156,37 +157,51 @@ def record_inline_sends(
             values = {
                 "status": outcome.retry_status,
                 "last_error": outcome.error[:MAX_ERROR_LENGTH],
+                "sent_at": None,
+                "payload": notification.payload,
             }
-        changed = session.execute(
-            update(Notification)
-            .where(
-                Notification.id == notification.id,
-                Notification.send_lease_token == notification.send_lease_token,
-            )
-            .values(
-                attempts=Notification.attempts + 1,
-                send_lease_until=None,
-                send_lease_token=None,
-                **values,
-            )
-            .returning(Notification.id)
-            .execution_options(synchronize_session=False)
+        changed = connection.execute(
+            _RECORD_INLINE_SEND,
+            {"sent_id": notification.id, "token": notification.send_lease_token, **values},
         ).first()
         status = values["status"]
         if changed is not None and status in ("sent", "failed"):
             events.append(notification_event(notification.id, notification.channel, status, now))
+        # The rows are the request's own, outside the session: what the response shows.
         for name, value in values.items():
             setattr(notification, name, value)
         notification.attempts = (notification.attempts or 0) + 1
     if events:
-        session.execute(insert(EVENTS), events)
+        connection.execute(insert(EVENTS), events)
     if release_event is not None:
-        session.execute(
-            update(EVENTS)
-            .where(EVENTS.c.id == release_event, EVENTS.c.claimed_by == REQUEST_HOLDER)
-            .values(claimed_by=None, claimed_until=None)
-        )
+        connection.execute(_RELEASE_HELD_EVENT, {"event_id": release_event})
     session.commit()
+
+
+# Built once, like the registration's INSERTs: a statement's construction and cache key cost
+# more CPU than its execution, and these run on every serial and parallel request.
+_RECORD_INLINE_SEND = (
+    update(NOTIFICATIONS)
+    .where(
+        NOTIFICATIONS.c.id == bindparam("sent_id"),
+        NOTIFICATIONS.c.send_lease_token == bindparam("token"),
+    )
+    .values(
+        attempts=NOTIFICATIONS.c.attempts + 1,
+        send_lease_until=None,
+        send_lease_token=None,
+        status=bindparam("status"),
+        sent_at=bindparam("sent_at", type_=NOTIFICATIONS.c.sent_at.type),
+        last_error=bindparam("last_error"),
+        payload=bindparam("payload", type_=NOTIFICATIONS.c.payload.type),
+    )
+    .returning(NOTIFICATIONS.c.id)
+)
+_RELEASE_HELD_EVENT = (
+    update(EVENTS)
+    .where(EVENTS.c.id == bindparam("event_id"), EVENTS.c.claimed_by == REQUEST_HOLDER)
+    .values(claimed_by=None, claimed_until=None)
+)
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,85 @@ def test_the_relay_lease_covers_a_whole_batch_of_confirmed_publishes():
     from services.relay import relay_lease_seconds
 
     assert relay_lease_seconds(batch_size=200, publish_timeout=1.0) > 200
+
+
+def test_the_inline_record_changes_only_the_rows_whose_lease_it_still_holds(sessions, settings):
+    """The request records its own sends row by row, each UPDATE conditional on its token: a
+    row another holder took over keeps what that holder wrote, and gets no event from here."""
+    from sqlalchemy import select
+
+    from app.events import EVENTS, NOTIFICATION_SENT, REQUEST_HOLDER
+    from app.jobs import SCRUBBED_TEXT
+    from app.ledger import InlineOutcome, record_inline_sends
+    from app.registration import register_user, validate_registration
+
+    with sessions() as session:
+        registered = register_user(
+            session,
+            settings,
+            validate_registration(
+                {"name": "Cy", "email": "cy@example.com", "phone": "+16502530002"}
+            ),
+            send_lease_seconds=60.0,
+            event_lease_seconds=60.0,
+        )
+        email, sms = sorted(registered.notifications, key=lambda n: n.channel)
+        unsent_payload = dict(email.payload)
+        session.execute(
+            update(Notification).where(Notification.id == email.id).values(send_lease_token="x")
+        )
+        session.commit()
+        record_inline_sends(
+            session,
+            [InlineOutcome(email), InlineOutcome(sms)],
+            release_event=registered.event.id,
+        )
+
+    taken_over, recorded = row(sessions, email.id), row(sessions, sms.id)
+    assert (taken_over.status, taken_over.send_lease_token, taken_over.attempts) == (
+        "pending",
+        "x",
+        0,
+    )
+    assert taken_over.payload == unsent_payload  # its secret still there for its new holder
+    assert (recorded.status, recorded.send_lease_token, recorded.attempts) == ("sent", None, 1)
+    assert recorded.sent_at is not None and recorded.payload["body"] == SCRUBBED_TEXT
+    with sessions() as session:
+        sent_events = (
+            session.execute(select(EVENTS.c.body).where(EVENTS.c.type == NOTIFICATION_SENT))
+            .scalars()
+            .all()
+        )
+        held = session.execute(
+            select(EVENTS.c.claimed_by).where(EVENTS.c.id == registered.event.id)
+        ).scalar_one()
+    assert [body["data"]["notification_id"] for body in sent_events] == [sms.id]
+    assert held != REQUEST_HOLDER  # released to the relay in the same transaction
+
+
+def test_an_inline_failure_is_recorded_with_its_retry_status(sessions, settings):
+    from app.ledger import InlineOutcome, record_inline_sends
+    from app.registration import register_user, validate_registration
+
+    with sessions() as session:
+        registered = register_user(
+            session,
+            settings,
+            validate_registration(
+                {"name": "Di", "email": "di@example.com", "phone": "+16502530003"}
+            ),
+            send_lease_seconds=60.0,
+        )
+        email, sms = sorted(registered.notifications, key=lambda n: n.channel)
+        unsent_payload = dict(email.payload)
+        record_inline_sends(
+            session,
+            [
+                InlineOutcome(email, "451 try later"),
+                InlineOutcome(sms, "400 bad number", retry_status="failed"),
+            ],
+        )
+    retried, failed = row(sessions, email.id), row(sessions, sms.id)
+    assert (retried.status, retried.last_error, retried.attempts) == ("pending", "451 try later", 1)
+    assert retried.send_lease_token is None and retried.payload == unsent_payload
+    assert (failed.status, failed.last_error, failed.sent_at) == ("failed", "400 bad number", None)
