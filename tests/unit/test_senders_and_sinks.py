@@ -263,3 +263,53 @@ def test_non_ascii_text_and_sender_name_arrive_intact(tmp_path):
     assert record["text"] == text
     assert record["subject"] == "Café ✓"
     assert record["mail_from"] == "no-reply@o.example"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["Welcome", "Café ✓ " * 12, "word " * 40],
+)
+def test_the_sink_reads_a_message_as_the_email_package_does(subject):
+    """The sink parses with compat32 for speed; what it records must be what the default
+    policy reads: the subject unfolded and decoded, the plain part decoded."""
+    from email import message_from_bytes, policy
+    from email.message import EmailMessage
+
+    from devstack.sinks.smtp import email_record
+    from services.email import build_message
+
+    text = "Bonjour Zoë,\n\n=3D not an escape, a trailing space \n" + "long line " * 30 + "\n"
+    raw = build_message(
+        EmailJob(notification_id="n1", to="zoe@example.com", subject=subject, text=text),
+        "Équipe Offload <no-reply@o.example>",
+    )
+    envelope = type(
+        "Envelope",
+        (),
+        {"original_content": raw, "rcpt_tos": ["zoe@example.com"], "mail_from": "a@o.example"},
+    )
+    record = email_record(envelope, 0.0)
+    expected = message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=policy.default)
+    assert isinstance(expected, EmailMessage)
+    assert record["subject"] == str(expected["Subject"]) == subject
+    assert record["text"] == text
+    assert record["message_id"] == str(expected["Message-ID"])
+    assert record["notification_id"] == "n1"
+
+
+def test_the_sink_finds_the_plain_part_of_a_multipart_message():
+    from email.message import EmailMessage
+
+    from devstack.sinks.smtp import email_record
+
+    message = EmailMessage()
+    message["Subject"] = "Two parts"
+    message.set_content("plain ✓\n")
+    message.add_alternative("<p>html</p>\n", subtype="html")
+    envelope = type(
+        "Envelope",
+        (),
+        {"original_content": message.as_bytes(), "rcpt_tos": ["a@b.example"], "mail_from": ""},
+    )
+    record = email_record(envelope, 0.0)
+    assert (record["subject"], record["text"]) == ("Two parts", "plain ✓\n")
