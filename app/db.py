@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gevent
-import gevent.lock
+import gevent.event
 import pg8000.exceptions
 import pg8000.legacy
 from sqlalchemy import DateTime, MetaData, TypeDecorator, bindparam, create_engine, event
@@ -112,21 +112,27 @@ def _sqlite_configurer(dbapi_connection: Any, _record: Any) -> None:
 # SQLITE_BUSY and SQLITE_BUSY_RECOVERY: the lock is held, try again. Not SQLITE_BUSY_SNAPSHOT
 # (517): a read transaction that wants to write after another commit cannot succeed by waiting.
 _SQLITE_BUSY_CODES = frozenset({5, 261})
-_FIRST_PAUSE = 0.001
-_LONGEST_PAUSE = 0.005
+# Another process holds the lock for about a millisecond at a time (a consumer's claim or
+# record), and every waiter of this process is stalled meanwhile: polling is cheap (a refused
+# try costs microseconds), waiting too long is not. Under load a pause lasts a turn of the hub.
+_FIRST_PAUSE = 0.0005
+_LONGEST_PAUSE = 0.001
 
 
 def _waiting_while_busy(busy_timeout: float) -> Callable[[Callable[[], object]], None]:
     """Run a DBAPI call, retrying while another process holds SQLite's write lock.
 
-    The pauses are `gevent.sleep`, so the process serves its other requests meanwhile. The
-    greenlets that found the lock taken wait their turn in line (a FIFO semaphore): only the
-    first polls SQLite, with short pauses, so it takes the lock soon after it is freed, and the
-    one that has waited longest goes next. Each greenlet backing off on its own let some lose
-    every race for seconds. Past `busy_timeout` the error is raised as SQLite would have raised
-    it, and the request answers 503 (see app/api.py).
+    The pauses are `gevent.sleep`, so the process serves its other requests meanwhile. Of the
+    greenlets that found the lock taken, only the first polls SQLite, with short pauses, so it
+    takes the lock soon after it is freed; the others wait for it. Each greenlet backing off on
+    its own let some lose every race for seconds. Once the poller has the lock it lets all the
+    waiters go at once, in the order they came, and each writes in turn (a waiter that finds
+    the lock taken again waits for the next poller). Let go one at a time, each waiter cost a
+    turn of the busy hub, tens of ms at 50 concurrent requests: most of the web's requests were
+    in line, behind consumers that held the lock a small part of the time. Past `busy_timeout` the error is raised as SQLite would have raised it, and the
+    request answers 503 (see app/api.py).
     """
-    line = gevent.lock.Semaphore(1)
+    line = _BusyLine()
 
     def attempt(call: Callable[[], object]) -> bool:
         try:
@@ -141,9 +147,13 @@ def _waiting_while_busy(busy_timeout: float) -> Callable[[Callable[[], object]],
         if attempt(call):
             return
         deadline = time.monotonic() + busy_timeout
-        if not line.acquire(timeout=busy_timeout):
-            call()  # out of time in line: one last try raises SQLite's own error if still busy
-            return
+        while line.polling:
+            if not line.wait_for_poller(deadline - time.monotonic()):
+                call()  # out of time: one last try raises SQLite's own error if still busy
+                return
+            if attempt(call):
+                return
+        line.polling = True
         try:
             pause = _FIRST_PAUSE
             while not attempt(call):
@@ -154,9 +164,26 @@ def _waiting_while_busy(busy_timeout: float) -> Callable[[Callable[[], object]],
                 gevent.sleep(min(pause, left))
                 pause = min(pause * 2, _LONGEST_PAUSE)
         finally:
-            line.release()
+            line.let_waiters_go()
 
     return run
+
+
+class _BusyLine:
+    """The greenlets of one engine waiting for SQLite's write lock: one polls, the others wait
+    for it (woken in the order they began to wait)."""
+
+    def __init__(self) -> None:
+        self.polling = False
+        self._done = gevent.event.Event()
+
+    def wait_for_poller(self, timeout: float) -> bool:
+        return timeout > 0 and self._done.wait(timeout)
+
+    def let_waiters_go(self) -> None:
+        self.polling = False
+        done, self._done = self._done, gevent.event.Event()
+        done.set()
 
 
 def _wait_while_busy(engine: Engine, busy_timeout: float) -> None:
