@@ -129,8 +129,9 @@ def _waiting_while_busy(busy_timeout: float) -> Callable[[Callable[[], object]],
     waiters go at once, in the order they came, and each writes in turn (a waiter that finds
     the lock taken again waits for the next poller). Let go one at a time, each waiter cost a
     turn of the busy hub, tens of ms at 50 concurrent requests: most of the web's requests were
-    in line, behind consumers that held the lock a small part of the time. Past `busy_timeout` the error is raised as SQLite would have raised it, and the
-    request answers 503 (see app/api.py).
+    in line, behind consumers that held the lock a small part of the time. Past `busy_timeout`
+    the error is raised as SQLite would have raised it, and the request answers 503 (see
+    app/api.py).
     """
     line = _BusyLine()
 
