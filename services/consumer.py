@@ -223,10 +223,14 @@ class Consumer:
 
     def _claim_loop(self) -> None:
         """Take every delivery waiting, claim them in one transaction, start their sends."""
+        linger = 0.0
         while True:
-            batch: list[Delivery] = _take_batch(
-                self._work, linger=LINGER_SECONDS if self._in_flight > 0 else 0, limit=self.prefetch
-            )
+            batch: list[Delivery] = _take_batch(self._work, linger=linger, limit=self.prefetch)
+            # Wait for company only while deliveries come together: one at a time (a light
+            # load), each is claimed at once, since the wait would be all of its delay (10 ms
+            # of a paced delivery's 21 at 17 a second); several at once, the next claim
+            # gathers more by waiting.
+            linger = LINGER_SECONDS if len(batch) > 1 and self._in_flight > 0 else 0.0
             self._in_flight += len(batch)
             try:
                 decided = self.handler.claim([delivery.body for delivery in batch])

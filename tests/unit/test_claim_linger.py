@@ -1,0 +1,70 @@
+"""When a consumer's claim waits for company (group commit) and when it does not.
+
+At a light load, deliveries come one at a time and the wait would be all of a delivery's delay
+(the paced delivery-lag probe: 21 ms to the sinks with a 10 ms wait, 8 without). Deliveries that
+come together mean a load at which waiting gathers more into one transaction.
+"""
+
+from __future__ import annotations
+
+import gevent
+import pika
+
+import services.consumer as consumer_module
+from services.consumer import LINGER_SECONDS, Consumer, Delivery
+from services.handlers import Ack, RetryPolicy
+
+
+class AckingHandler:
+    def __init__(self) -> None:
+        self.claimed: list[int] = []
+
+    def claim(self, bodies):
+        self.claimed.append(len(bodies))
+        return [Ack() for _ in bodies]
+
+
+def run_claims(monkeypatch, arrivals: list[int]) -> tuple[list[float], list[int]]:
+    """Feed the claim loop `arrivals` (deliveries put at once, one group per take) while
+    another send is in flight; return the linger each take was given, and the claims made."""
+    lingers: list[float] = []
+    real_take = consumer_module._take_batch
+
+    def take(queue, *, linger, limit):
+        lingers.append(linger)
+        return real_take(queue, linger=0, limit=limit)  # the waits themselves are not timed
+
+    monkeypatch.setattr(consumer_module, "_take_batch", take)
+    handler = AckingHandler()
+    consumer = Consumer(
+        channel="email",
+        amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
+        sessions=None,  # type: ignore[arg-type]
+        policy=RetryPolicy(max_attempts=3, delays_ms=(100,)),
+        concurrency=10,
+        prefetch=20,
+        handler=handler,  # type: ignore[arg-type]
+    )
+    consumer._in_flight = 1  # a send of an earlier delivery is still running
+    loop = gevent.spawn(consumer._claim_loop)
+    tag = 0
+    for size in arrivals:
+        for _ in range(size):
+            tag += 1
+            consumer._work.put(Delivery(0, tag, b"{}", pika.BasicProperties()))
+        while sum(handler.claimed) < tag:
+            gevent.sleep(0)
+    loop.kill()
+    return lingers[: len(arrivals)], handler.claimed
+
+
+def test_a_lone_delivery_is_claimed_at_once_even_with_sends_in_flight(monkeypatch):
+    lingers, claimed = run_claims(monkeypatch, [1, 1, 1])
+    assert claimed == [1, 1, 1]
+    assert lingers == [0, 0, 0]
+
+
+def test_deliveries_that_come_together_make_the_next_claim_wait_for_company(monkeypatch):
+    lingers, claimed = run_claims(monkeypatch, [3, 2, 1, 1])
+    assert claimed == [3, 2, 1, 1]
+    assert lingers == [0, LINGER_SECONDS, LINGER_SECONDS, 0]
