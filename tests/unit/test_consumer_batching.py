@@ -1,4 +1,5 @@
-"""When a consumer's claim waits for company (group commit) and when it does not.
+"""A consumer's batching: when a claim waits for company (group commit), and how few frames
+ack a batch.
 
 At a light load, deliveries come one at a time and the wait would be all of a delivery's delay
 (the paced delivery-lag probe: 21 ms to the sinks with a 10 ms wait, 8 without). Deliveries that
@@ -68,3 +69,34 @@ def test_deliveries_that_come_together_make_the_next_claim_wait_for_company(monk
     lingers, claimed = run_claims(monkeypatch, [3, 2, 1, 1])
     assert claimed == [3, 2, 1, 1]
     assert lingers == [0, LINGER_SECONDS, LINGER_SECONDS, 0]
+
+
+class CountingChannel:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.acks.append((delivery_tag, multiple))
+
+
+def test_deliveries_older_than_every_unsettled_one_are_acked_with_one_frame():
+    consumer = Consumer(
+        channel="email",
+        amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
+        sessions=None,  # type: ignore[arg-type]
+        policy=RetryPolicy(max_attempts=3, delays_ms=(100,)),
+        concurrency=10,
+        prefetch=20,
+        handler=AckingHandler(),  # type: ignore[arg-type]
+    )
+    channel = CountingChannel()
+    consumer._consume_channel = channel  # type: ignore[assignment]
+    consumer._unsettled = set(range(1, 9))
+    # 4 and 7 are still being sent: 1, 2 and 3 go in one frame, 5 and 8 one each.
+    consumer._ack([1, 2, 3, 5, 8])
+    assert channel.acks == [(3, True), (5, False), (8, False)]
+    assert consumer._unsettled == {4, 6, 7}
+    # Nothing older left unsettled: one frame.
+    consumer._ack([4, 6, 7])
+    assert channel.acks[-1:] == [(7, True)]
+    assert consumer._unsettled == set()
