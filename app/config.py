@@ -246,6 +246,11 @@ class Settings:
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
         self._validate_webhooks()
+        gateway = urlsplit(self.sms_gateway_url)
+        if gateway.scheme not in ("http", "https") or not gateway.hostname:
+            raise ConfigError(
+                f"SMS_GATEWAY_URL must be an http(s) URL, not {self.sms_gateway_url!r}"
+            )
         if not self.sink_delay_ms >= 0:  # also refuses nan
             raise ConfigError(f"SINK_DELAY_MS must be 0 or more, not {self.sink_delay_ms!r}")
         return self

@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 
 import urllib3
 from urllib3.exceptions import HTTPError
+from urllib3.util import parse_url
 
 from app.config import Settings
 from app.jobs import SmsJob
@@ -35,13 +36,15 @@ class HttpSmsSender:
         self.gateway_url = gateway_url
         self.timeout = timeout
         # Keep-alive to the gateway, one connection per concurrent send; no retries or
-        # redirects behind our back: the consumer's retry policy decides.
-        self._http = urllib3.PoolManager(
-            num_pools=2,
+        # redirects behind our back: the consumer's retry policy decides. The gateway's own
+        # pool, not a PoolManager: that one parses the URL and looks its pool up on every send.
+        self._pool = urllib3.connection_from_url(
+            gateway_url,
             maxsize=max_connections,
             retries=False,
             timeout=urllib3.Timeout(total=timeout),
         )
+        self._target = parse_url(gateway_url).request_uri
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpSmsSender:
@@ -52,17 +55,17 @@ class HttpSmsSender:
             {"to": job.to, "body": job.body, "idempotency_key": job.notification_id}
         ).encode()
         try:
-            response = self._http.request(
+            response = self._pool.urlopen(
                 "POST",
-                self.gateway_url,
+                self._target,
                 body=body,
                 headers={
                     "Content-Type": "application/json",
                     "Idempotency-Key": job.notification_id,
                 },
+                redirect=False,
             )
-        except (HTTPError, OSError, ValueError) as exc:
-            # ValueError: a URL urllib3 cannot use (no scheme, bad port) is not worth a crash.
+        except (HTTPError, OSError) as exc:
             raise TransientSendError(f"SMS gateway unreachable: {exc!r}") from exc
         status = response.status
         if 200 <= status < 300:

@@ -67,3 +67,9 @@ def test_a_sweep_bound_shorter_than_a_retry_is_refused():
     with pytest.raises(ConfigError, match="RELAY_SWEEP_AFTER_SECONDS"):
         load_settings({"RETRY_DELAYS_MS": "1000,120000", "RELAY_SWEEP_AFTER_SECONDS": "130"})
     load_settings({"RETRY_DELAYS_MS": "1000,120000", "RELAY_SWEEP_AFTER_SECONDS": "151"})
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:1026/messages", "ftp://gateway/messages", "http://"])
+def test_an_sms_gateway_url_that_is_no_http_url_is_refused(url):
+    with pytest.raises(ConfigError, match="SMS_GATEWAY_URL"):
+        load_settings({"SMS_GATEWAY_URL": url})
