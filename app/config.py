@@ -94,6 +94,9 @@ class Settings:
     # the queue grows under load however idle the CPU, and the ledger's batches stay small.
     consumer_concurrency: int = 50
     consumer_prefetch: int = 100
+    # How much nicer (lower CPU priority) the workers run than they were started: on a machine
+    # they share with the web, a request then waits less for a core behind work that can wait.
+    worker_nice: int = 10
     # "quorum" for a RabbitMQ cluster (replicated queues); "classic" on a single node.
     queue_type: str = "classic"
     max_attempts: int = 5
@@ -245,6 +248,8 @@ class Settings:
                 )
         if self.consumer_concurrency < 1 or self.consumer_prefetch < 1:
             raise ConfigError("CONSUMER_CONCURRENCY and CONSUMER_PREFETCH must be at least 1")
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError(f"WORKER_NICE must be from 0 to 19, not {self.worker_nice!r}")
         self._validate_webhooks()
         gateway = urlsplit(self.sms_gateway_url)
         if gateway.scheme not in ("http", "https") or not gateway.hostname:
@@ -387,6 +392,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "METRICS_PORT": ("metrics_port", _int),
     "CONSUMER_CONCURRENCY": ("consumer_concurrency", _int),
     "CONSUMER_PREFETCH": ("consumer_prefetch", _int),
+    "WORKER_NICE": ("worker_nice", _int),
     "QUEUE_TYPE": ("queue_type", str),
     "MAX_ATTEMPTS": ("max_attempts", _int),
     "RETRY_DELAYS_MS": ("retry_delays_ms", _delays),

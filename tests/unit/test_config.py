@@ -57,6 +57,7 @@ VARIABLES = [
     ("METRICS_PORT", "metrics_port", "9100", 9100, "prometheus"),
     ("CONSUMER_CONCURRENCY", "consumer_concurrency", "3", 3, "0"),
     ("CONSUMER_PREFETCH", "consumer_prefetch", "7", 7, "0"),
+    ("WORKER_NICE", "worker_nice", "5", 5, "20"),
     ("QUEUE_TYPE", "queue_type", "quorum", "quorum", "mirrored"),
     ("MAX_ATTEMPTS", "max_attempts", "9", 9, "forever"),
     ("RETRY_DELAYS_MS", "retry_delays_ms", "100, 200,300", (100, 200, 300), "100,soon"),

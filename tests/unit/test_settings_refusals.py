@@ -73,3 +73,23 @@ def test_a_sweep_bound_shorter_than_a_retry_is_refused():
 def test_an_sms_gateway_url_that_is_no_http_url_is_refused(url):
     with pytest.raises(ConfigError, match="SMS_GATEWAY_URL"):
         load_settings({"SMS_GATEWAY_URL": url})
+
+
+@pytest.mark.parametrize("raw", ["-1", "20"])
+def test_a_worker_niceness_outside_0_to_19_is_refused(raw):
+    with pytest.raises(ConfigError, match="WORKER_NICE"):
+        load_settings({"WORKER_NICE": raw})
+
+
+def test_a_worker_lowers_its_own_cpu_priority_by_worker_nice():
+    import subprocess
+    import sys
+
+    probe = (
+        "import os; from services.workers import yield_cpu_to_the_web; "
+        "before = os.nice(0); yield_cpu_to_the_web(3); print(os.nice(0) - before)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "3"
