@@ -25,6 +25,19 @@ class AckingHandler:
         return [Ack() for _ in bodies]
 
 
+def consumer_with(handler: AckingHandler) -> Consumer:
+    """A consumer that never connects: its loops are driven by hand."""
+    return Consumer(
+        channel="email",
+        amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
+        sessions=None,  # type: ignore[arg-type]
+        policy=RetryPolicy(max_attempts=3, delays_ms=(100,)),
+        concurrency=10,
+        prefetch=20,
+        handler=handler,  # type: ignore[arg-type]
+    )
+
+
 def run_claims(monkeypatch, arrivals: list[int]) -> tuple[list[float], list[int]]:
     """Feed the claim loop `arrivals` (deliveries put at once, one group per take) while
     another send is in flight; return the linger each take was given, and the claims made."""
@@ -37,15 +50,7 @@ def run_claims(monkeypatch, arrivals: list[int]) -> tuple[list[float], list[int]
 
     monkeypatch.setattr(consumer_module, "_take_batch", take)
     handler = AckingHandler()
-    consumer = Consumer(
-        channel="email",
-        amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
-        sessions=None,  # type: ignore[arg-type]
-        policy=RetryPolicy(max_attempts=3, delays_ms=(100,)),
-        concurrency=10,
-        prefetch=20,
-        handler=handler,  # type: ignore[arg-type]
-    )
+    consumer = consumer_with(handler)
     consumer._in_flight = 1  # a send of an earlier delivery is still running
     loop = gevent.spawn(consumer._claim_loop)
     tag = 0
@@ -80,15 +85,7 @@ class CountingChannel:
 
 
 def test_deliveries_older_than_every_unsettled_one_are_acked_with_one_frame():
-    consumer = Consumer(
-        channel="email",
-        amqp_url="amqp://guest:guest@127.0.0.1:1/%2F",
-        sessions=None,  # type: ignore[arg-type]
-        policy=RetryPolicy(max_attempts=3, delays_ms=(100,)),
-        concurrency=10,
-        prefetch=20,
-        handler=AckingHandler(),  # type: ignore[arg-type]
-    )
+    consumer = consumer_with(AckingHandler())
     channel = CountingChannel()
     consumer._consume_channel = channel  # type: ignore[assignment]
     consumer._unsettled = set(range(1, 9))

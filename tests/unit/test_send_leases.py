@@ -132,6 +132,23 @@ def test_the_relay_lease_covers_a_whole_batch_of_confirmed_publishes():
     assert relay_lease_seconds(batch_size=200, publish_timeout=1.0) > 200
 
 
+def register_for_inline_sends(session, settings, name):
+    """A registration as serial and parallel modes write it: rows and event held by the
+    request. Returns it, its email row and its SMS row."""
+    from app.registration import register_user, validate_registration
+
+    phone = {"cy": "+16502530002", "di": "+16502530003"}[name]
+    registered = register_user(
+        session,
+        settings,
+        validate_registration({"name": name, "email": f"{name}@example.com", "phone": phone}),
+        send_lease_seconds=60.0,
+        event_lease_seconds=60.0,
+    )
+    email, sms = sorted(registered.notifications, key=lambda n: n.channel)
+    return registered, email, sms
+
+
 def test_the_inline_record_changes_only_the_rows_whose_lease_it_still_holds(sessions, settings):
     """The request records its own sends row by row, each UPDATE conditional on its token: a
     row another holder took over keeps what that holder wrote, and gets no event from here."""
@@ -140,19 +157,9 @@ def test_the_inline_record_changes_only_the_rows_whose_lease_it_still_holds(sess
     from app.events import EVENTS, NOTIFICATION_SENT, REQUEST_HOLDER
     from app.jobs import SCRUBBED_TEXT
     from app.ledger import InlineOutcome, record_inline_sends
-    from app.registration import register_user, validate_registration
 
     with sessions() as session:
-        registered = register_user(
-            session,
-            settings,
-            validate_registration(
-                {"name": "Cy", "email": "cy@example.com", "phone": "+16502530002"}
-            ),
-            send_lease_seconds=60.0,
-            event_lease_seconds=60.0,
-        )
-        email, sms = sorted(registered.notifications, key=lambda n: n.channel)
+        registered, email, sms = register_for_inline_sends(session, settings, "cy")
         unsent_payload = dict(email.payload)
         session.execute(
             update(Notification).where(Notification.id == email.id).values(send_lease_token="x")
@@ -188,18 +195,9 @@ def test_the_inline_record_changes_only_the_rows_whose_lease_it_still_holds(sess
 
 def test_an_inline_failure_is_recorded_with_its_retry_status(sessions, settings):
     from app.ledger import InlineOutcome, record_inline_sends
-    from app.registration import register_user, validate_registration
 
     with sessions() as session:
-        registered = register_user(
-            session,
-            settings,
-            validate_registration(
-                {"name": "Di", "email": "di@example.com", "phone": "+16502530003"}
-            ),
-            send_lease_seconds=60.0,
-        )
-        email, sms = sorted(registered.notifications, key=lambda n: n.channel)
+        _registered, email, sms = register_for_inline_sends(session, settings, "di")
         unsent_payload = dict(email.payload)
         record_inline_sends(
             session,
