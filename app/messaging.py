@@ -141,6 +141,39 @@ class Confirmations:
             raise self.failure
 
 
+class CoalescingGeventConnection(GeventConnection):
+    """pika's gevent connection, sending what one turn of the hub wrote as one write.
+
+    pika hands its transport each frame on its own (a message is three: method, header, body)
+    and the transport sends each with a `send` of its own: three system calls and three TCP
+    segments per message, each read and parsed apart by the broker. Fifty requests publishing in
+    the same turn of the hub made 150 sends. Here the frames are gathered and handed over
+    joined, at the end of the turn (a gevent callback, run before the hub waits for I/O), so
+    the order of the frames is kept and no frame waits longer than that turn.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._outgoing: list[bytes] = []
+        super().__init__(*args, **kwargs)
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        if not self._outgoing:
+            gevent.get_hub().loop.run_callback(self._emit_outgoing)
+        self._outgoing.append(data)
+
+    def _emit_outgoing(self) -> None:
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        # Gone meanwhile (the socket failed): the frames were for a connection that no longer
+        # exists, and the close callback fails every confirm still awaited.
+        if data and self._transport is not None:
+            super()._adapter_emit_data(data)
+
+    def _adapter_disconnect_stream(self) -> None:
+        self._emit_outgoing()  # a Connection.Close still gathered goes out before the abort
+        super()._adapter_disconnect_stream()
+
+
 class PikaPublisher:
     """One asynchronous pika connection per process, with many confirms in flight.
 
@@ -313,7 +346,7 @@ class PikaPublisher:
                     params, self._retry_delays_ms, self._queue_type, self._webhooks
                 )
                 self._topology_declared = True
-            self._connection = GeventConnection(
+            self._connection = CoalescingGeventConnection(
                 params,
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=lambda _conn, exc: self._connect_failed(repr(exc)),
