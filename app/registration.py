@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Insert, delete, insert, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
@@ -31,6 +32,7 @@ from app.events import (
     encode_event,
     user_event,
 )
+from app.groupcommit import group_commit
 from app.jobs import EmailJob, SmsJob, job_to_dict
 from app.ledger import new_lease_token
 from app.models import Notification, User, email_key, new_id, utcnow
@@ -219,7 +221,8 @@ def register_user(
     sms_budgets: SmsBudgets | None = None,
 ) -> Registered:
     """Write the user, its two outbox rows and its `user.registered` event in one transaction,
-    and commit.
+    and commit. On SQLite that transaction is shared with the other registrations of the
+    moment (app/groupcommit.py).
 
     The rows are written through SQLAlchemy Core, not the ORM's unit of work: three INSERTs and
     one commit is all a registration needs, and the unit of work cost more CPU than everything
@@ -235,7 +238,9 @@ def register_user(
     detached copies for the response.
 
     The unique indexes decide whether the email or phone is taken, so two simultaneous
-    registrations of the same address cannot both succeed.
+    registrations of the same address cannot both succeed. The user's INSERT does nothing
+    when one refuses it, rather than raising, so a refused registration does not roll back
+    the others committed with it.
     """
     started = time.perf_counter()
     code = make_sms_code()
@@ -273,35 +278,42 @@ def register_user(
 
     sms = next(n for n in notifications if n.channel == "sms")
 
-    def write() -> None:
-        connection = session.connection()
+    def write(connection: Connection) -> bool:
+        """The registration's rows; False, having written nothing, when a unique index refuses
+        the user (its address or number is taken)."""
+        user_row = _columns(user, USER_COLUMNS)
+        if (
+            connection.execute(_insert_user_unless_taken(connection.dialect.name), user_row).first()
+            is None
+        ):
+            return False
         if sms_budgets is not None:
-            # Counted here, in the registration's own transaction: a refused (rolled back)
-            # registration costs no budget, and no extra transaction is spent.
+            # Counted here, in the registration's own transaction: a refused registration
+            # costs no budget, and no extra transaction is spent.
             held = charge_sms(connection, sms_budgets, user.phone)
             sms.status, sms.last_error = (HELD, held) if held else (initial_status, initial_error)
-        connection.execute(INSERT_USER, [_columns(user, USER_COLUMNS)])
         connection.execute(
             _insert_notifications(send_lease_seconds if lease_token else 0.0),
             [_columns(n, NOTIFICATION_COLUMNS) for n in notifications],
         )
         connection.execute(_insert_event(event_lease_seconds), [registered_event])
-        session.commit()
+        return True
 
-    try:
-        write()
-    except IntegrityError:
+    writer = group_commit(session.get_bind().engine)
+    if writer is not None:
+        written = writer.write(write)
+    else:
+        written = write(session.connection())
+        if written:
+            session.commit()
+    if not written:
         session.rollback()
-        try:
-            # An expired, unverified registration may hold the address: it gives way.
-            if not _release_expired(session, settings, registration):
-                raise
-            write()
-        except IntegrityError:
+        # An expired, unverified registration may hold the address: it gives way. (Rare, so
+        # written in the request's own transaction, outside the group commit.)
+        if not (_release_expired(session, settings, registration) and write(session.connection())):
             session.rollback()
-            raise AlreadyRegistered(
-                "Already registered.", _duplicate_fields(session, registration)
-            ) from None
+            raise AlreadyRegistered("Already registered.", _duplicate_fields(session, registration))
+        session.commit()
     # Detached and complete: the response reads them without touching the database again.
     set_committed_value(user, "notifications", notifications)
     elapsed = (time.perf_counter() - started) * 1000
@@ -345,7 +357,15 @@ NOTIFICATION_COLUMNS = (
 
 # The registration's statements are built once: building one, and its cache key, cost more CPU
 # than a small INSERT's execution. A lease is timed by the database's clock (database_now).
-INSERT_USER = insert(User)
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_user_unless_taken(dialect_name: str) -> Insert:
+    """The user's INSERT, writing nothing when any unique index (address, number, token)
+    refuses it; it returns the id it wrote. Both SQLite and PostgreSQL spell it ON CONFLICT DO
+    NOTHING, but each dialect builds its own."""
+    dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    return dialect_insert(User).on_conflict_do_nothing().returning(User.id)
 
 
 @functools.lru_cache(maxsize=8)
