@@ -94,6 +94,22 @@ def test_a_taken_address_in_a_shared_transaction_refuses_only_its_own_registrati
     assert counts(sessions) == (3, 6, 3)
 
 
+def test_two_registrations_of_one_address_in_one_transaction_cannot_both_succeed(
+    sessions, settings
+):
+    commits = count_commits(sessions)
+    greenlets = register_all_while_the_lock_is_held(
+        sessions,
+        settings,
+        [registration(1, email="same@example.com"), registration(2, email="same@example.com")],
+    )
+    first, second = greenlets
+    assert first.successful()
+    assert isinstance(second.exception, AlreadyRegistered)
+    assert counts(sessions) == (1, 2, 1)
+    assert len(commits) == 1  # both were in the one transaction
+
+
 def test_a_failed_transaction_fails_every_registration_in_it_and_writes_none(
     sessions, settings, monkeypatch
 ):
