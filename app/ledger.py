@@ -34,6 +34,27 @@ NOTIFICATIONS = cast(Table, Notification.__table__)
 MAX_ERROR_LENGTH = 1000
 
 
+# Built once, with the ids as one expanding parameter (the ORM's bulk UPDATE was built per call).
+# Only pending rows: a fast consumer may already have marked the row sent. The status is
+# compared as `status || ''`, an expression no index covers: compared bare, SQLite looked the
+# rows up by the status index from three ids on, reading every pending row of the ledger for
+# each batch (2.0 ms for a batch of 13 registrations among 2,600 pending, 0.7 ms by their key).
+_MARK_QUEUED = (
+    update(NOTIFICATIONS)
+    .where(
+        NOTIFICATIONS.c.id.in_(bindparam("ids", expanding=True)),
+        (NOTIFICATIONS.c.status + "") == "pending",
+    )
+    .values(status="queued", queued_at=database_now())
+)
+# The request published these events: they keep its `claimed_by`.
+_MARK_PUBLISHED = (
+    update(EVENTS)
+    .where(EVENTS.c.id.in_(bindparam("ids", expanding=True)), EVENTS.c.status == "pending")
+    .values(status="published", published_at=database_now(), claimed_until=None)
+)
+
+
 def mark_queued(session: Session, notifications: Sequence[Notification]) -> None:
     """Mark rows the broker confirmed as queued, in one UPDATE (the relay's batches)."""
     _mark_queued_ids(session, [n.id for n in notifications])
@@ -44,13 +65,7 @@ def mark_queued(session: Session, notifications: Sequence[Notification]) -> None
 
 
 def _mark_queued_ids(session: Session, notification_ids: Sequence[str]) -> None:
-    # Only pending rows: a fast consumer may already have marked the row sent.
-    session.execute(
-        update(Notification)
-        .where(Notification.id.in_(notification_ids), Notification.status == "pending")
-        .values(status="queued", queued_at=database_now())
-        .execution_options(synchronize_session=False)
-    )
+    session.connection().execute(_MARK_QUEUED, {"ids": list(notification_ids)})
 
 
 def mark_confirmed(
@@ -62,11 +77,7 @@ def mark_confirmed(
     if notification_ids:
         _mark_queued_ids(session, notification_ids)
     if event_ids:
-        session.execute(
-            update(EVENTS)
-            .where(EVENTS.c.id.in_(event_ids), EVENTS.c.status == "pending")
-            .values(status="published", published_at=database_now(), claimed_until=None)
-        )
+        session.connection().execute(_MARK_PUBLISHED, {"ids": list(event_ids)})
     session.commit()
 
 
