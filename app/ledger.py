@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import database_now, session_scope
+from app.db import database_now, session_scope, unindexed
 from app.events import EVENTS, REQUEST_HOLDER, notification_event
 from app.jobs import job_from_dict, job_to_dict, scrub_job
 from app.models import Notification, utcnow
@@ -35,22 +35,25 @@ MAX_ERROR_LENGTH = 1000
 
 
 # Built once, with the ids as one expanding parameter (the ORM's bulk UPDATE was built per call).
-# Only pending rows: a fast consumer may already have marked the row sent. The status is
-# compared as `status || ''`, an expression no index covers: compared bare, SQLite looked the
-# rows up by the status index from three ids on, reading every pending row of the ledger for
-# each batch (2.0 ms for a batch of 13 registrations among 2,600 pending, 0.7 ms by their key).
+# Only pending rows: a fast consumer may already have marked the row sent. The status filters
+# the rows found by their key (`unindexed`): SQLite used to read them through the status index,
+# every pending row of the ledger for each batch (2.0 ms for a batch of 13 registrations among
+# 2,600 pending, 0.7 ms by their key).
 _MARK_QUEUED = (
     update(NOTIFICATIONS)
     .where(
         NOTIFICATIONS.c.id.in_(bindparam("ids", expanding=True)),
-        (NOTIFICATIONS.c.status + "") == "pending",
+        unindexed(NOTIFICATIONS.c.status) == "pending",
     )
     .values(status="queued", queued_at=database_now())
 )
 # The request published these events: they keep its `claimed_by`.
 _MARK_PUBLISHED = (
     update(EVENTS)
-    .where(EVENTS.c.id.in_(bindparam("ids", expanding=True)), EVENTS.c.status == "pending")
+    .where(
+        EVENTS.c.id.in_(bindparam("ids", expanding=True)),
+        unindexed(EVENTS.c.status) == "pending",
+    )
     .values(status="published", published_at=database_now(), claimed_until=None)
 )
 

@@ -31,7 +31,7 @@ from sqlalchemy import and_, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db import database_now, session_scope
+from app.db import database_now, session_scope, unindexed
 from app.events import EventMessage, encode_event
 from app.jobs import job_from_dict
 from app.ledger import mark_queued, send_lease_free
@@ -195,7 +195,10 @@ def sweep_once(
         if swept:
             session.execute(
                 update(Notification)
-                .where(Notification.id.in_([n.id for n in swept]), Notification.status == "queued")
+                .where(
+                    Notification.id.in_([n.id for n in swept]),
+                    unindexed(Notification.status) == "queued",
+                )
                 .values(queued_at=database_now())
                 .execution_options(synchronize_session=False)
             )
@@ -341,7 +344,7 @@ def publish_events_once(
         published = [e.id for e in claimed]
         session.execute(
             update(Event)
-            .where(Event.id.in_(published), Event.status == "pending")
+            .where(Event.id.in_(published), unindexed(Event.status) == "pending")
             .values(status="published", published_at=database_now(), claimed_until=None)
             .execution_options(synchronize_session=False)
         )
@@ -349,7 +352,10 @@ def publish_events_once(
         # the broker lost it, the sweeper finds them there).
         session.execute(
             update(Notification)
-            .where(Notification.event_id.in_(published), Notification.status == "pending")
+            .where(
+                Notification.event_id.in_(published),
+                unindexed(Notification.status) == "pending",
+            )
             .values(status="queued", queued_at=database_now())
             .execution_options(synchronize_session=False)
         )

@@ -10,14 +10,18 @@ from app.ledger import Sent, mark_confirmed, new_lease_token, record_sends, take
 from app.models import Notification
 
 
-def plans_of_updates(sessions, run):
-    """The query plan of every UPDATE of notifications `run(session)` executes."""
+def plans_of_updates(sessions, run, tables=("NOTIFICATIONS",)):
+    """The query plan of every UPDATE of `tables` that `run(session)` executes."""
+    return [plan for _statement, plan in statements_and_plans(sessions, run, tables)]
+
+
+def statements_and_plans(sessions, run, tables):
     captured: list[tuple[str, object]] = []
     with sessions() as session:
         engine = session.get_bind()
 
         def capture(_conn, _cursor, statement, parameters, _context, _many):
-            if statement.lstrip().upper().startswith("UPDATE NOTIFICATIONS"):
+            if any(statement.lstrip().upper().startswith(f"UPDATE {t}") for t in tables):
                 captured.append((statement, parameters))
 
         event.listen(engine, "before_cursor_execute", capture)
@@ -29,7 +33,7 @@ def plans_of_updates(sessions, run):
         plans = []
         for statement, parameters in captured:
             rows = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
-            plans.append(" / ".join(str(row[-1]) for row in rows))
+            plans.append((statement, " / ".join(str(row[-1]) for row in rows)))
         session.rollback()
     return plans
 
@@ -72,3 +76,32 @@ def test_marking_confirmed_rows_queued_looks_them_up_by_their_key(sessions, sett
     assert len(plans) == 1
     assert "ix_notifications_status" not in plans[0], plans[0]
     assert "SEARCH notifications USING INDEX sqlite_autoindex_notifications_1 (id=?)" in plans[0]
+
+
+def test_the_relay_marks_what_it_published_by_key(sessions, settings):
+    from app.messaging import InMemoryPublisher
+    from app.registration import register_user, validate_registration
+    from services.relay import publish_events_once
+
+    for number in range(3):  # their events are the relay's at once (no request holds them)
+        data = {"name": "Bo", "email": f"bo{number}@example.com", "phone": f"+1650253001{number}"}
+        with sessions() as session:
+            register_user(session, settings, validate_registration(data))
+
+    def publish(_session):
+        published = publish_events_once(
+            sessions, InMemoryPublisher(), relay_id="r1", batch_size=10, publish_timeout=5
+        )
+        assert published == 3
+
+    marks = [
+        (statement, plan)
+        for statement, plan in statements_and_plans(
+            sessions, publish, ("EVENTS", "NOTIFICATIONS")
+        )
+        if "published_at" in statement or "queued_at" in statement
+    ]
+    assert len(marks) == 2  # the events published, their rows queued
+    for statement, plan in marks:
+        assert "_status_created_at" not in plan, (statement, plan)
+        assert "SCAN" not in plan, (statement, plan)
