@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from sqlalchemy import event, select
 
-from app.ledger import Sent, mark_confirmed, new_lease_token, record_sends, take_send_leases
+from app.ledger import (
+    Sent,
+    mark_confirmed,
+    new_lease_token,
+    record_sends,
+    take_event_send_leases,
+    take_send_leases,
+)
 from app.models import Notification
 
 
@@ -96,12 +103,29 @@ def test_the_relay_marks_what_it_published_by_key(sessions, settings):
 
     marks = [
         (statement, plan)
-        for statement, plan in statements_and_plans(
-            sessions, publish, ("EVENTS", "NOTIFICATIONS")
-        )
+        for statement, plan in statements_and_plans(sessions, publish, ("EVENTS", "NOTIFICATIONS"))
         if "published_at" in statement or "queued_at" in statement
     ]
     assert len(marks) == 2  # the events published, their rows queued
     for statement, plan in marks:
         assert "_status_created_at" not in plan, (statement, plan)
         assert "SCAN" not in plan, (statement, plan)
+
+
+def test_a_consumer_claims_a_batch_of_events_rows_by_the_event_index(sessions, settings):
+    from app.registration import register_user, validate_registration
+
+    event_ids = []
+    for number in range(3):
+        data = {"name": "Cy", "email": f"cy{number}@example.com", "phone": f"+1650253002{number}"}
+        with sessions() as session:
+            event_ids.append(register_user(session, settings, validate_registration(data)).event.id)
+
+    def claim(session):
+        leases = take_event_send_leases(session, event_ids, "email", 30, new_lease_token())
+        assert len(leases) == 3
+
+    plans = plans_of_updates(sessions, claim)
+    assert len(plans) == 1
+    assert "ix_notifications_status" not in plans[0], plans[0]
+    assert "ix_notifications_event_id" in plans[0], plans[0]
