@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import gevent
-from sqlalchemy import JSON, Table, bindparam, case, insert, or_, select, tuple_, update
+from sqlalchemy import JSON, Table, Update, bindparam, case, insert, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -192,18 +192,34 @@ def record_inline_sends(
     session.commit()
 
 
+# What every record of a leased send sets, whatever its outcome: the attempt counted, the lease
+# given back.
+_END_OF_LEASE = {
+    "attempts": NOTIFICATIONS.c.attempts + 1,
+    "send_lease_until": None,
+    "send_lease_token": None,
+}
+
+
+def _record_of_leased_row(id_param: str) -> Update:
+    """The UPDATE recording one send: it changes the row only while the row still carries the
+    token its lease was taken with (a sender whose lease was taken over changes nothing), and
+    ends the lease. The caller adds what the outcome sets."""
+    return (
+        update(NOTIFICATIONS)
+        .where(
+            NOTIFICATIONS.c.id == bindparam(id_param),
+            NOTIFICATIONS.c.send_lease_token == bindparam("token"),
+        )
+        .values(**_END_OF_LEASE)
+    )
+
+
 # Built once, like the registration's INSERTs: a statement's construction and cache key cost
 # more CPU than its execution, and these run on every serial and parallel request.
 _RECORD_INLINE_SEND = (
-    update(NOTIFICATIONS)
-    .where(
-        NOTIFICATIONS.c.id == bindparam("sent_id"),
-        NOTIFICATIONS.c.send_lease_token == bindparam("token"),
-    )
+    _record_of_leased_row("sent_id")
     .values(
-        attempts=NOTIFICATIONS.c.attempts + 1,
-        send_lease_until=None,
-        send_lease_token=None,
         status=bindparam("status"),
         sent_at=bindparam("sent_at", type_=NOTIFICATIONS.c.sent_at.type),
         last_error=bindparam("last_error"),
@@ -354,21 +370,11 @@ class Failure:
     channel: str = ""  # "email" or "sms": named by the notification.failed event
 
 
-_RECORD_FAILURE = (
-    update(NOTIFICATIONS)
-    .where(
-        NOTIFICATIONS.c.id == bindparam("failed_id"),
-        NOTIFICATIONS.c.send_lease_token == bindparam("token"),
-    )
-    .values(
-        attempts=NOTIFICATIONS.c.attempts + 1,
-        status=bindparam("new_status"),
-        last_error=bindparam("error"),
-        send_lease_until=None,
-        send_lease_token=None,
-        # A retry is a new hand-off to the broker: the sweeper counts from here.
-        queued_at=database_now(),
-    )
+_RECORD_FAILURE = _record_of_leased_row("failed_id").values(
+    status=bindparam("new_status"),
+    last_error=bindparam("error"),
+    # A retry is a new hand-off to the broker: the sweeper counts from here.
+    queued_at=database_now(),
 )
 
 
@@ -400,12 +406,10 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
                 ),
             )
             .values(
+                **_END_OF_LEASE,
                 status="sent",
-                attempts=NOTIFICATIONS.c.attempts + 1,
                 sent_at=now,
                 last_error=None,
-                send_lease_until=None,
-                send_lease_token=None,
                 payload=scrubbed,
             )
             # Only the rows this record changed get their event (not those taken over).
