@@ -31,7 +31,7 @@ from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 # Named constraints make migrations reproducible: autogenerate and every backend agree on the
@@ -79,8 +79,11 @@ class database_now(FunctionElement[datetime]):
     inherit_cache = True
     name = "database_now"
 
-    def __init__(self, seconds: float = 0.0) -> None:
-        super().__init__(bindparam(None, float(seconds), unique=True))
+    def __init__(self, seconds: float | BindParameter[float] = 0.0) -> None:
+        """`seconds` a number, or a named bind parameter for a statement built once."""
+        if not isinstance(seconds, BindParameter):
+            seconds = bindparam(None, float(seconds), unique=True)
+        super().__init__(seconds)
 
 
 @compiles(database_now)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import gevent
-from sqlalchemy import JSON, Table, Update, bindparam, case, insert, or_, select, tuple_, update
+from sqlalchemy import Table, Update, bindparam, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
@@ -175,7 +175,7 @@ def record_inline_sends(
                 "payload": notification.payload,
             }
         changed = connection.execute(
-            _RECORD_INLINE_SEND,
+            _RECORD_LEASED_SEND,
             {"sent_id": notification.id, "token": notification.send_lease_token, **values},
         ).first()
         status = values["status"]
@@ -186,7 +186,7 @@ def record_inline_sends(
             setattr(notification, name, value)
         notification.attempts = (notification.attempts or 0) + 1
     if events:
-        connection.execute(insert(EVENTS), events)
+        connection.execute(_INSERT_EVENTS, events)
     if release_event is not None:
         connection.execute(_RELEASE_HELD_EVENT, {"event_id": release_event})
     session.commit()
@@ -216,8 +216,9 @@ def _record_of_leased_row(id_param: str) -> Update:
 
 
 # Built once, like the registration's INSERTs: a statement's construction and cache key cost
-# more CPU than its execution, and these run on every serial and parallel request.
-_RECORD_INLINE_SEND = (
+# more CPU than its execution, and these run for every send, inline (serial and parallel
+# requests) or by a consumer.
+_RECORD_LEASED_SEND = (
     _record_of_leased_row("sent_id")
     .values(
         status=bindparam("status"),
@@ -227,6 +228,7 @@ _RECORD_INLINE_SEND = (
     )
     .returning(NOTIFICATIONS.c.id)
 )
+_INSERT_EVENTS = insert(EVENTS)
 _RELEASE_HELD_EVENT = (
     update(EVENTS)
     .where(EVENTS.c.id == bindparam("event_id"), EVENTS.c.claimed_by == REQUEST_HOLDER)
@@ -268,16 +270,30 @@ def take_send_leases(
     record of their results (record_sends) changes only rows that still carry it.
     """
     rows = session.connection().execute(
-        update(NOTIFICATIONS)
-        .where(
-            NOTIFICATIONS.c.id.in_(notification_ids),
-            NOTIFICATIONS.c.status != "sent",
-            send_lease_free(),
-        )
-        .values(send_lease_until=database_now(seconds), send_lease_token=token)
-        .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.attempts)
+        _TAKE_SEND_LEASES,
+        {"ids": list(notification_ids), "lease_seconds": seconds, "token": token},
     )
     return {notification_id: attempts for notification_id, attempts in rows}
+
+
+# What a claim's lease sets: until when, by the database's clock, and whose it is.
+_LEASE = {
+    "send_lease_until": database_now(bindparam("lease_seconds")),
+    "send_lease_token": bindparam("token"),
+}
+# The claims are built once, like the marks above: they run for every batch a consumer takes,
+# one job at a time under a light load, when building and keying the statement cost more than
+# running it.
+_TAKE_SEND_LEASES = (
+    update(NOTIFICATIONS)
+    .where(
+        NOTIFICATIONS.c.id.in_(bindparam("ids", expanding=True)),
+        NOTIFICATIONS.c.status != "sent",
+        send_lease_free(),
+    )
+    .values(**_LEASE)
+    .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.attempts)
+)
 
 
 # The rows an event's arrival may send: never one a request is sending or sent inline (its
@@ -305,27 +321,33 @@ def take_event_send_leases(
     carries no secret.
     """
     rows = session.connection().execute(
-        update(NOTIFICATIONS)
-        .where(
-            NOTIFICATIONS.c.event_id.in_(event_ids),
-            NOTIFICATIONS.c.channel == channel,
-            # A filter of the rows the event index finds: through the status index, a batch
-            # of three or more read every row not yet sent, the whole backlog.
-            unindexed(NOTIFICATIONS.c.status).in_(EVENT_SENDABLE),
-            send_lease_free(),
-        )
-        .values(send_lease_until=database_now(seconds), send_lease_token=token)
-        .returning(
-            NOTIFICATIONS.c.event_id,
-            NOTIFICATIONS.c.id,
-            NOTIFICATIONS.c.attempts,
-            NOTIFICATIONS.c.payload,
-        )
+        _TAKE_EVENT_SEND_LEASES,
+        {"ids": list(event_ids), "of_channel": channel, "lease_seconds": seconds, "token": token},
     )
     return {
         event_id: EventLease(notification_id, attempts, payload)
         for event_id, notification_id, attempts, payload in rows
     }
+
+
+_TAKE_EVENT_SEND_LEASES = (
+    update(NOTIFICATIONS)
+    .where(
+        NOTIFICATIONS.c.event_id.in_(bindparam("ids", expanding=True)),
+        NOTIFICATIONS.c.channel == bindparam("of_channel"),
+        # A filter of the rows the event index finds: through the status index, a batch of
+        # three or more read every row not yet sent, the whole backlog.
+        unindexed(NOTIFICATIONS.c.status).in_(EVENT_SENDABLE),
+        send_lease_free(),
+    )
+    .values(**_LEASE)
+    .returning(
+        NOTIFICATIONS.c.event_id,
+        NOTIFICATIONS.c.id,
+        NOTIFICATIONS.c.attempts,
+        NOTIFICATIONS.c.payload,
+    )
+)
 
 
 def event_notification_statuses(
@@ -388,38 +410,25 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
     connection = session.connection()
     now = utcnow()
     events: list[dict[str, object]] = []
-    if sent:
-        # One statement for the whole batch, as before the scrub: each row's scrubbed payload
-        # is picked by its id, and only rows still carrying their claim's token change.
-        scrubbed = case(
-            {s.notification_id: bindparam(None, s.payload, type_=JSON, unique=True) for s in sent},
-            value=NOTIFICATIONS.c.id,
-        )
-        recorded = connection.execute(
-            update(NOTIFICATIONS)
-            .where(
-                # The ids alone first: SQLite reads a (id, token) IN (VALUES ...) of several
-                # rows by scanning the whole table, and finds ids by their index.
-                NOTIFICATIONS.c.id.in_([s.notification_id for s in sent]),
-                tuple_(NOTIFICATIONS.c.id, NOTIFICATIONS.c.send_lease_token).in_(
-                    [(s.notification_id, s.lease_token) for s in sent]
-                ),
-            )
-            .values(
-                **_END_OF_LEASE,
-                status="sent",
-                sent_at=now,
-                last_error=None,
-                payload=scrubbed,
-            )
-            # Only the rows this record changed get their event (not those taken over).
-            .returning(NOTIFICATIONS.c.id)
-        )
-        kinds = {s.notification_id: str(s.payload.get("kind", "")) for s in sent}
-        events.extend(
-            notification_event(notification_id, kinds[notification_id], "sent", now)
-            for (notification_id,) in recorded
-        )
+    for record in sent:
+        # One prebuilt statement per row, in the batch's one transaction: cheaper than one
+        # statement built for the batch (its CASE of payloads and its expanding lists were
+        # built, keyed and expanded on every call) from a single row up to batches of dozens.
+        # RETURNING says whether this record changed the row: only those get their event, not
+        # rows whose lease was taken over.
+        if connection.execute(
+            _RECORD_LEASED_SEND,
+            {
+                "sent_id": record.notification_id,
+                "token": record.lease_token,
+                "status": "sent",
+                "sent_at": now,
+                "last_error": None,
+                "payload": record.payload,
+            },
+        ).first():
+            kind = str(record.payload.get("kind", ""))
+            events.append(notification_event(record.notification_id, kind, "sent", now))
     retries = [failure for failure in failures if failure.status != "failed"]
     if retries:
         connection.execute(_RECORD_FAILURE, [_failure_params(failure) for failure in retries])
@@ -436,7 +445,7 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
             )
     if events:
         # One INSERT for the batch's events, in the batch's one transaction.
-        connection.execute(insert(EVENTS), events)
+        connection.execute(_INSERT_EVENTS, events)
     session.commit()
 
 
