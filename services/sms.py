@@ -5,9 +5,12 @@ The wire contract: `POST SMS_GATEWAY_URL` with JSON `{"to": "+E164", "body": ...
 that honours it never sends twice, even when a timed-out request did reach it. 2xx is sent, 4xx a
 permanent failure (but 408, 425 and 429), 5xx or a timeout transient.
 
-The client is urllib3, the transport under `requests`: a consumer sends thousands of the same
-small POST, and requests' session, hooks and cookie handling cost about as much CPU again as the
-request itself.
+The client is geventhttpclient, a keep-alive pool on gevent's sockets with a C parser: a
+consumer sends thousands of the same small POST, and the SMS consumer spent half its CPU in
+urllib3 (http.client's header parsing through the email package, a poll of every pooled
+connection before reuse). Sending to the bench's gateway, a POST costs 0.18 ms of CPU against
+0.33 with urllib3 one at a time, 0.12 against 0.19 fifty at a time (`requests` was dearer still).
+TLS is checked against the system's trust store, as before.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http.client import HTTPException
 
-import urllib3
-from urllib3.exceptions import HTTPError
-from urllib3.util import parse_url
+import gevent
+from geventhttpclient import HTTPClient
+from geventhttpclient.url import URL
 
 from app.config import Settings
 from app.jobs import SmsJob
@@ -35,16 +39,23 @@ class HttpSmsSender:
     ) -> None:
         self.gateway_url = gateway_url
         self.timeout = timeout
-        # Keep-alive to the gateway, one connection per concurrent send; no retries or
-        # redirects behind our back: the consumer's retry policy decides. The gateway's own
-        # pool, not a PoolManager: that one parses the URL and looks its pool up on every send.
-        self._pool = urllib3.connection_from_url(
-            gateway_url,
-            maxsize=max_connections,
-            retries=False,
-            timeout=urllib3.Timeout(total=timeout),
+        self.max_connections = max_connections
+        url = URL(gateway_url)
+        self._target = url.request_uri
+        self._client = self._new_client()
+
+    def _new_client(self) -> HTTPClient:
+        """Keep-alive to the gateway, one connection per concurrent send. No retry behind our
+        back either way: the consumer's retry policy decides (the client retries only
+        idempotent methods, and this is a POST)."""
+        return HTTPClient.from_url(
+            self.gateway_url,
+            concurrency=self.max_connections,
+            connection_timeout=self.timeout,
+            network_timeout=self.timeout,
+            # The system's CAs (SSL_CERT_FILE honoured), not the client's bundled certifi list.
+            ssl_options={"ca_certs": None},
         )
-        self._target = parse_url(gateway_url).request_uri
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpSmsSender:
@@ -54,8 +65,12 @@ class HttpSmsSender:
         body = json.dumps(
             {"to": job.to, "body": job.body, "idempotency_key": job.notification_id}
         ).encode()
+        # SMS_TIMEOUT bounds the whole request, not each socket operation: serial mode's send
+        # lease and the relay's grace period are sized by it.
+        deadline = gevent.Timeout(self.timeout)
+        deadline.start()
         try:
-            response = self._pool.urlopen(
+            response = self._client.request(
                 "POST",
                 self._target,
                 body=body,
@@ -63,23 +78,37 @@ class HttpSmsSender:
                     "Content-Type": "application/json",
                     "Idempotency-Key": job.notification_id,
                 },
-                redirect=False,
             )
-        except (HTTPError, OSError) as exc:
+            status = response.status_code
+            reply_bytes = bytes(response.read())  # read to the end: the connection is reused
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            # Cut while the request was being written, its connection would stay checked out of
+            # the pool: a new pool never waits for it (the old one is dropped with it).
+            self._client = self._new_client()
+            raise TransientSendError(
+                f"SMS gateway unreachable: no answer within {self.timeout:g} s"
+            ) from None
+        except (OSError, HTTPException) as exc:
+            # OSError: refused, reset, a socket timeout, TLS; HTTPException: a reply that is
+            # not HTTP, or a connection closed before any reply (the client's parse errors).
             raise TransientSendError(f"SMS gateway unreachable: {exc!r}") from exc
-        status = response.status
+        finally:
+            deadline.close()
         if 200 <= status < 300:
             return
         # The reply is stored on the notification and shown on status pages: gateways echo the
         # number and the message (with its code), so both are masked.
-        reply = response.data.decode("utf-8", "replace").replace(job.body, "[message]")[:200]
+        reply = reply_bytes.decode("utf-8", "replace").replace(job.body, "[message]")[:200]
         reply = redact(reply.replace(job.to.lstrip("+"), mask_phone(job.to)))
         detail = f"SMS gateway answered {status}: {reply!r}"
         if 400 <= status < 500 and status not in _RETRYABLE_4XX:
             raise PermanentSendError(detail)
-        raise TransientSendError(
-            detail, retry_after_ms=retry_after_ms(response.headers.get("Retry-After"))
-        )
+        retry_after = response.get("Retry-After")
+        if isinstance(retry_after, list):  # sent twice: the first counts
+            retry_after = retry_after[0]
+        raise TransientSendError(detail, retry_after_ms=retry_after_ms(retry_after))
 
 
 def retry_after_ms(value: str | None) -> int:
