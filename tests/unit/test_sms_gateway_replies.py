@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,9 +24,11 @@ JOB = SmsJob(
 class Gateway(BaseHTTPRequestHandler):
     status = 429
     headers_out: dict[str, str] = {}
+    stall_seconds = 0.0
 
     def do_POST(self) -> None:
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.stall_seconds)
         # Gateways echo what they were sent: the number (with and without +) and the text.
         reply = json.dumps(
             {
@@ -76,3 +79,16 @@ def test_a_permanent_refusal_is_stored_masked(gateway):
         HttpSmsSender(gateway, timeout=5).send(JOB)
     assert "400" in str(caught.value)
     assert_masked(str(caught.value))
+
+
+def test_a_send_cut_by_its_deadline_does_not_keep_the_only_connection(gateway):
+    sender = HttpSmsSender(gateway, timeout=0.3, max_connections=1)
+    Gateway.status, Gateway.headers_out, Gateway.stall_seconds = 200, {}, 1.0
+    try:
+        with pytest.raises(TransientSendError, match="unreachable"):
+            sender.send(JOB)
+    finally:
+        Gateway.stall_seconds = 0.0
+    # The pool's one connection went with the stalled request: the next send gets a new one
+    # instead of waiting out its deadline for the old.
+    sender.send(JOB)
