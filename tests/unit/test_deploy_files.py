@@ -83,3 +83,15 @@ def test_nginx_drops_an_idle_upstream_connection_before_gunicorn_does():
     gunicorn = (DEPLOY.parent / "gunicorn.conf.py").read_text()
     gunicorn_keepalive = int(re.search(r"^keepalive = (\d+)$", gunicorn, re.M).group(1))
     assert int(found.group(1)) < gunicorn_keepalive
+
+
+@pytest.mark.parametrize(
+    "unit", ["offload-email@.service", "offload-sms@.service", "offload-relay@.service"]
+)
+def test_the_worker_units_weigh_less_than_the_web_for_the_cpu(unit):
+    # Each unit is a cgroup of its own: WORKER_NICE does not reach across them, CPUWeight does.
+    def weight(name: str) -> int:
+        found = re.findall(r"^CPUWeight=(\d+)$", (DEPLOY / "systemd" / name).read_text(), re.M)
+        return int(found[0]) if found else 100  # systemd's default
+
+    assert weight(unit) < weight("offload-web.service")

@@ -1,0 +1,58 @@
+"""WORKER_NICE: a worker yields the CPU to the web, also from a session of its own.
+
+Linux weighs a process's nice value only against the processes of its autogroup (one per
+session). `make run` and the bench start every process in a session of its own, so a worker
+that lowered only its own nice value still competed with the web as an equal group.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AUTOGROUP = Path("/proc/self/autogroup")
+
+pytestmark = pytest.mark.skipif(
+    not AUTOGROUP.exists(), reason="no scheduler autogroups here (not Linux, or built without)"
+)
+
+# Reports the nice value of the process and of its autogroup after WORKER_NICE is applied.
+PROBE = """
+import os, sys
+from services.workers import yield_cpu_to_the_web
+yield_cpu_to_the_web(int(sys.argv[1]))
+print(os.nice(0), open("/proc/self/autogroup").read().split()[-1])
+"""
+
+
+def run_probe(nicer_by: int, *, own_session: bool) -> tuple[int, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(nicer_by)],
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=own_session,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    process_nice, group_nice = result.stdout.split()
+    return int(process_nice), int(group_nice)
+
+
+def test_a_worker_leading_its_own_session_lowers_its_autogroup_too():
+    assert run_probe(7, own_session=True) == (os.nice(0) + 7, 7)
+
+
+def test_a_worker_in_a_shared_session_leaves_the_group_alone():
+    # The session may hold the web (one terminal, one supervisor without setsid): lowering
+    # the group would lower the web with the worker.
+    before = int(AUTOGROUP.read_text().split()[-1])
+    assert run_probe(7, own_session=False) == (os.nice(0) + 7, before)
+
+
+def test_worker_nice_zero_changes_nothing():
+    assert run_probe(0, own_session=True) == (os.nice(0), 0)
