@@ -68,8 +68,13 @@ def build_message(job: EmailJob, mail_from: str, to: str | None = None) -> bytes
     subject = job.subject
     if _breaks_a_line(to, subject, job.notification_id):
         raise PermanentSendError("a header value holds a line break")
-    if not subject.isascii() or len("Subject: ") + len(subject) > _HEADER_LINE:
-        charset = "us-ascii" if subject.isascii() else "utf-8"  # ASCII is only folded
+    # "=?" in the text (the subject carries the user's name) would read as the start of an
+    # encoded word, and a mail client would show what it decodes to: encoded, it reads back as
+    # written.
+    looks_encoded = "=?" in subject
+    if looks_encoded or not subject.isascii() or len("Subject: ") + len(subject) > _HEADER_LINE:
+        # Plain ASCII is only folded.
+        charset = "utf-8" if looks_encoded or not subject.isascii() else "us-ascii"
         subject = Header(subject, charset, header_name="Subject").encode(linesep="\r\n")
     text = job.text
     if "\r" in text:

@@ -83,3 +83,12 @@ def test_any_subject_and_text_read_back_unchanged_in_short_lines(subject, text):
     assert message["Subject"].strip(" \t") == subject.strip(" \t")
     expected = text.replace("\r\n", "\n").replace("\r", "\n")
     assert message.get_content().rstrip("\n") == expected.rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    "subject", ["Welcome to Offload, =?utf-8?b?SGFja2Vk?=", "Welcome, =?us-ascii?q?Eve?= and ?= =?"]
+)
+def test_a_subject_that_looks_encoded_reads_back_as_written(subject):
+    # The subject carries the user's name: text shaped like an RFC 2047 encoded word would be
+    # decoded by the recipient's mail client into other text ("Hacked") unless it is encoded.
+    assert read_back(build_message(job(subject=subject), MAIL_FROM))["Subject"] == subject
