@@ -41,10 +41,12 @@ def child_exit(_server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
+    from app.db import checkpoint_off_the_loop
     from app.extension import offload
     from app.hubwatch import freeze_startup_heap, watch_hub
 
     watch_hub(_settings.hub_block_report_ms)
+    checkpoint_off_the_loop(offload(worker.wsgi).engine)
     freeze_startup_heap()
     # Each worker connects to the broker itself, after the fork, before its first request.
     offload(worker.wsgi).require_dispatcher().publisher.warm_up()

@@ -22,6 +22,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.config import load_settings_or_exit  # noqa: E402
+from app.db import checkpoint_off_the_loop  # noqa: E402
 from app.extension import offload  # noqa: E402
 from app.hubwatch import freeze_startup_heap, watch_hub  # noqa: E402
 from app.shutdown import on_stop_signals  # noqa: E402
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     on_stop_signals(drain, left_behind="requests in flight are cut off")
     watch_hub(settings.hub_block_report_ms)
+    checkpoint_off_the_loop(offload(application).engine)
     freeze_startup_heap()
     server.start()
     offload(application).require_dispatcher().publisher.warm_up()

@@ -16,9 +16,10 @@ import sys  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
 
 from app.config import Settings, load_settings_or_exit, webhook_secret_bytes  # noqa: E402
-from app.db import make_engine, make_session_factory  # noqa: E402
+from app.db import checkpoint_off_the_loop, make_engine, make_session_factory  # noqa: E402
 from app.hubwatch import freeze_startup_heap  # noqa: E402
 from app.jobs import webhook_name  # noqa: E402
 from app.logs import configure_logging  # noqa: E402
@@ -35,6 +36,17 @@ from services.webhooks import WebhookHandler  # noqa: E402
 log = logging.getLogger("offload.worker")
 
 
+def serving_engine(settings: Settings) -> Engine:
+    """The database engine of a worker: SQLite's checkpoints off its event loop (app/db.py)."""
+    engine = make_engine(
+        settings.database_url,
+        busy_timeout=settings.database_busy_timeout,
+        socket_timeout=settings.database_timeout,
+    )
+    checkpoint_off_the_loop(engine)
+    return engine
+
+
 def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: int) -> int:
     sender = (
         # One idle SMTP session kept per concurrent send: with fewer, every burst of sends
@@ -47,13 +59,7 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
         channel=channel,
         amqp_url=settings.amqp_url,
         sender=sender,
-        sessions=make_session_factory(
-            make_engine(
-                settings.database_url,
-                busy_timeout=settings.database_busy_timeout,
-                socket_timeout=settings.database_timeout,
-            )
-        ),
+        sessions=make_session_factory(serving_engine(settings)),
         policy=RetryPolicy(
             settings.max_attempts, settings.retry_delays_ms, settings.send_lease_seconds
         ),
@@ -74,13 +80,7 @@ def run_consumer(settings: Settings, channel: str, concurrency: int, prefetch: i
 
 def run_relay(settings: Settings) -> int:
     relay = Relay(
-        make_session_factory(
-            make_engine(
-                settings.database_url,
-                busy_timeout=settings.database_busy_timeout,
-                socket_timeout=settings.database_timeout,
-            )
-        ),
+        make_session_factory(serving_engine(settings)),
         PikaPublisher(
             settings.amqp_url,
             retry_delays_ms=settings.retry_delays_ms,
@@ -108,13 +108,7 @@ def run_webhooks(settings: Settings, concurrency: int, prefetch: int) -> int:
     """One consumer per WEBHOOK_URLS endpoint, each on its own queue and connection, in this
     one process (greenlets); with no endpoint, idle until stopped (a Procfile runner stops
     every process when one exits)."""
-    sessions = make_session_factory(
-        make_engine(
-            settings.database_url,
-            busy_timeout=settings.database_busy_timeout,
-            socket_timeout=settings.database_timeout,
-        )
-    )
+    sessions = make_session_factory(serving_engine(settings))
     policy = RetryPolicy(
         settings.max_attempts, settings.retry_delays_ms, settings.send_lease_seconds
     )
