@@ -39,7 +39,9 @@ class GroupCommit:
     """The one writer of registrations for `engine` in this process."""
 
     def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH) -> None:
-        self.engine = engine
+        # Weakly: the registry below is keyed weakly by the engine, and a strong reference
+        # from its value would keep the engine (its pool, its open files) for ever.
+        self._engine = weakref.ref(engine)
         self.pid = os.getpid()
         self.max_batch = max_batch
         self._waiting: list[tuple[Write, gevent.event.AsyncResult]] = []
@@ -74,7 +76,10 @@ class GroupCommit:
     def _commit_next_batch(self) -> None:
         batch: list[tuple[Write, gevent.event.AsyncResult]] = []
         try:
-            with self.engine.connect() as connection:
+            engine = self._engine()
+            if engine is None:  # unreachable while a request writes: its session holds it
+                raise RuntimeError("the engine of this group commit is gone")
+            with engine.connect() as connection:
                 # Take the write lock first, then the batch: whoever arrived while the lock
                 # was being waited for is in it.
                 connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -115,7 +115,7 @@ def test_a_failed_transaction_fails_every_registration_in_it_and_writes_none(
 ):
     writer = group_commit(sessions.kw["bind"])
     assert writer is not None
-    engine = writer.engine
+    engine = sessions.kw["bind"]
 
     def refuse_a_write(_conn, _cursor, statement, _parameters, _context, _executemany):
         if statement.startswith("INSERT INTO events"):
@@ -165,3 +165,19 @@ def test_only_a_sqlite_file_gets_a_group_writer(url):
     from app.db import make_engine
 
     assert group_commit(make_engine(url)) is None
+
+
+def test_an_engine_no_one_uses_any_more_is_let_go(tmp_path):
+    # The writers are kept per engine in a WeakKeyDictionary; a writer that held its engine
+    # kept that engine (its pool, its open files) alive for the life of the process.
+    import gc
+    import weakref
+
+    from app.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'gone.db'}")
+    assert group_commit(engine) is not None
+    gone = weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert gone() is None
