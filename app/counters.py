@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from app.config import ConfigError
+from app.db import upsert_insert
 from app.models import RateLimitCounter
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -48,8 +47,7 @@ class Rate:
 
 
 def count_hit(connection: Connection, bucket: str, start: float, end: float, now: float) -> int:
-    # Both dialects spell the upsert the same way; only the construct's module differs.
-    insert: Any = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    insert = upsert_insert(connection.dialect.name)
     counter = RateLimitCounter
     statement = (
         insert(counter)

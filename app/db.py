@@ -29,7 +29,8 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -134,6 +135,19 @@ def _sqlite_configurer(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def sqlite_file(url: URL) -> str | None:
+    """The database file of a SQLite URL; None for an in-memory database or another backend."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return url.database
+
+
+def upsert_insert(dialect_name: str) -> Callable[..., Any]:
+    """The dialect's `insert` construct, the one with ON CONFLICT: PostgreSQL and SQLite both
+    spell it so, but each builds its own."""
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+
+
 def checkpoint_off_the_loop(engine: Engine) -> None:
     """For a process that serves (the web, a consumer, the relay): SQLite's checkpoints run on
     a thread of their own, never in a commit on the event loop. Nothing for PostgreSQL or an
@@ -146,25 +160,30 @@ def checkpoint_off_the_loop(engine: Engine) -> None:
     by a thousand pages every fraction of a second here), and every greenlet of the process
     waited each time. Now this engine's connections never checkpoint (`wal_autocheckpoint=0`),
     and one thread per process and database file runs a PASSIVE checkpoint every
-    `_Checkpointer.INTERVAL` seconds instead. Python's sqlite3 lets go of the GIL while SQLite
+    `CHECKPOINT_INTERVAL` seconds instead. Python's sqlite3 lets go of the GIL while SQLite
     works, so the greenlets go on. A process that writes without this (a migration, a command,
     a test) keeps SQLite's default.
     """
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+    database = sqlite_file(engine.url)
+    if database is None:
         return
-    assert database is not None
     event.listen(engine, "connect", _no_checkpoint_on_commit)
     engine.dispose()  # a connection made before goes, and comes back without it
-    _Checkpointer.running_for(os.path.abspath(database))
+    _checkpoint_in_a_thread(os.path.abspath(database))
 
 
 def _no_checkpoint_on_commit(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
 
-class _Checkpointer:
-    """The thread of `checkpoint_off_the_loop`, one per process and database file.
+# The files this process checkpoints, by process: a thread does not survive a fork (gunicorn's
+# workers start their own).
+_checkpointing: set[tuple[int, str]] = set()
+CHECKPOINT_INTERVAL = 0.1
+
+
+def _checkpoint_in_a_thread(database: str) -> None:
+    """Start the thread of `checkpoint_off_the_loop` for `database`, once per process.
 
     A PASSIVE checkpoint never waits for a writer or a reader: it copies what it can, and the
     next writer starts the log again from its beginning once all of it is in the database file
@@ -174,30 +193,23 @@ class _Checkpointer:
     while the log is long did not change it: the readers of the other processes decide when it
     can restart), and SQLite keeps the file at its largest size.
     """
+    key = (os.getpid(), database)
+    if key in _checkpointing:
+        return
+    _checkpointing.add(key)
+    _start_os_thread(_checkpoint_every_interval, (database,))
 
-    INTERVAL = 0.1
-    _running: dict[tuple[int, str], _Checkpointer] = {}
 
-    def __init__(self, database: str) -> None:
-        self.database = database
-
-    @classmethod
-    def running_for(cls, database: str) -> None:
-        key = (os.getpid(), database)  # a thread does not survive a fork (gunicorn's workers)
-        if key not in cls._running:
-            cls._running[key] = checkpointer = cls(database)
-            _start_os_thread(checkpointer._run, ())
-
-    def _run(self) -> None:
-        # An OS thread, not a greenlet, with the unpatched sleep: it must run while the event
-        # loop is busy, and never block it.
-        sleep = gevent.monkey.get_original("time", "sleep")
-        connection = sqlite3.connect(self.database, timeout=0, check_same_thread=False)
-        while True:
-            sleep(self.INTERVAL)
-            # Busy (another process checkpoints), or the file is gone: the next turn.
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+def _checkpoint_every_interval(database: str) -> None:
+    # An OS thread, not a greenlet, with the unpatched sleep: it must run while the event loop
+    # is busy, and never block it.
+    sleep = gevent.monkey.get_original("time", "sleep")
+    connection = sqlite3.connect(database, timeout=0, check_same_thread=False)
+    while True:
+        sleep(CHECKPOINT_INTERVAL)
+        # Busy (another process checkpoints), or the file is gone: the next turn.
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 _start_os_thread = gevent.monkey.get_original("_thread", "start_new_thread")
@@ -313,10 +325,9 @@ def make_engine(
     migrations want); past it the connection is lost, as if reset."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            directory = os.path.dirname(url.database)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
+        database = sqlite_file(url)
+        if database and os.path.dirname(database):
+            os.makedirs(os.path.dirname(database), exist_ok=True)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_configurer)
         _wait_while_busy(engine, busy_timeout)
@@ -376,7 +387,7 @@ def pool_options(database_url: str, *, size: int, timeout: float) -> dict[str, A
     gets sqlalchemy.exc.TimeoutError, which the views answer with 503 and Retry-After.
     """
     url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+    if url.get_backend_name() == "sqlite" and sqlite_file(url) is None:
         return {}  # an in-memory database is one connection, not a queue pool
     return {"pool_size": size, "max_overflow": 0, "pool_timeout": timeout}
 

@@ -27,6 +27,8 @@ import gevent
 import gevent.event
 from sqlalchemy.engine import Connection, Engine
 
+from app.db import sqlite_file
+
 # A transaction runs without yielding to the hub (SQLite's calls do not yield): at about
 # 0.3 ms of statements a registration, 24 hold it for well under the 20 ms the bench counts a
 # stall from. More waiting than that go in the next transaction, after the hub has had a turn.
@@ -107,7 +109,7 @@ _writers: weakref.WeakKeyDictionary[Engine, GroupCommit] = weakref.WeakKeyDictio
 def group_commit(engine: Engine) -> GroupCommit | None:
     """The registrations' writer for `engine` in this process; None where each request should
     write on its own (PostgreSQL, an in-memory SQLite database)."""
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+    if sqlite_file(engine.url) is None:
         return None
     writer = _writers.get(engine)
     if writer is None or writer.pid != os.getpid():

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Insert, delete, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
-from app.db import database_now
+from app.db import database_now, upsert_insert
 from app.events import (
     EVENTS,
     REQUEST_HOLDER,
@@ -364,8 +363,8 @@ def _insert_user_unless_taken(dialect_name: str) -> Insert:
     """The user's INSERT, writing nothing when any unique index (address, number, token)
     refuses it; it returns the id it wrote. Both SQLite and PostgreSQL spell it ON CONFLICT DO
     NOTHING, but each dialect builds its own."""
-    dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    return dialect_insert(User).on_conflict_do_nothing().returning(User.id)
+    statement: Insert = upsert_insert(dialect_name)(User).on_conflict_do_nothing()
+    return statement.returning(User.id)
 
 
 @functools.lru_cache(maxsize=8)
