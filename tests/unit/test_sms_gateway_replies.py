@@ -25,8 +25,16 @@ class Gateway(BaseHTTPRequestHandler):
     status = 429
     headers_out: dict[str, str] = {}
     stall_seconds = 0.0
+    # A request this large is left unread for a while: the sender's write fills the socket
+    # buffers and blocks, as towards a gateway that stopped reading.
+    unread_above_bytes = 1 << 20
+    unread_seconds = 1.0
 
     def do_POST(self) -> None:
+        if int(self.headers["Content-Length"]) > self.unread_above_bytes:
+            time.sleep(self.unread_seconds)
+            self.close_connection = True
+            return
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         time.sleep(self.stall_seconds)
         # Gateways echo what they were sent: the number (with and without +) and the text.
@@ -89,6 +97,17 @@ def test_a_send_cut_by_its_deadline_does_not_keep_the_only_connection(gateway):
             sender.send(JOB)
     finally:
         Gateway.stall_seconds = 0.0
-    # The pool's one connection went with the stalled request: the next send gets a new one
-    # instead of waiting out its deadline for the old.
+    # Cut while waiting for the reply: the connection was given back (and closed), so the
+    # next send gets a new one instead of waiting out its deadline for the old.
+    sender.send(JOB)
+
+
+def test_a_send_cut_by_its_deadline_while_writing_does_not_keep_the_only_connection(gateway):
+    # Cut while the request is still being written, the client leaves the connection checked
+    # out of its pool (it gives it back only on socket errors): the sender starts a new pool.
+    sender = HttpSmsSender(gateway, timeout=0.3, max_connections=1)
+    Gateway.status, Gateway.headers_out = 200, {}
+    too_big_to_be_read = SmsJob(notification_id="n2", to=JOB.to, body="x" * (64 << 20))
+    with pytest.raises(TransientSendError, match="unreachable"):
+        sender.send(too_big_to_be_read)
     sender.send(JOB)
