@@ -106,3 +106,27 @@ def test_writers_that_find_the_lock_taken_get_it_in_the_order_they_came(database
     with engine.connect() as connection:
         written = connection.execute(text("SELECT x FROM t ORDER BY rowid")).scalars().all()
     assert written == [1, 2, 3, 4]
+
+
+def test_the_poller_pauses_off_the_event_loops_timers(database, monkeypatch):
+    # Another process holds the lock a few tenths of a millisecond at a time, but the event
+    # loop's timers wake no sooner than about 1.1 ms whatever they are asked for (libev waits
+    # in epoll, which counts whole milliseconds): a poller pausing on them with gevent.sleep
+    # paused 1.1 ms when it asked for 0.5. Its pauses must not be the loop's timers.
+    holder = hold_write_lock(database)
+    engine = make_engine(f"sqlite:///{database}", busy_timeout=5)
+    attempts = Attempts()
+    event.listen(engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(attempts.trace))
+    timer_pauses = []
+    monkeypatch.setattr(gevent, "sleep", lambda seconds=0, **_: timer_pauses.append(seconds))
+
+    def write() -> None:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+
+    writer = gevent.spawn(write)
+    attempts.wait_for(writer, 5)  # refused four times, with a pause after each
+    holder.execute("COMMIT")
+    writer.join(timeout=10)
+    assert writer.successful()
+    assert timer_pauses == []
