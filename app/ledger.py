@@ -406,35 +406,56 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
     Every UPDATE is conditional on the lease token the claim wrote: a sender whose lease ran
     out and was taken over by another consumer changes nothing (its message comes back later
     and the ledger decides again).
+
+    On SQLite the transaction holds the database's one write lock from its first UPDATE to its
+    commit, and every other writer (the web's registrations first) waits meanwhile: so all
+    that can be is prepared before the first write, and the sent rows are recorded by one
+    UPDATE for the batch, their scrubbed payloads by one executemany. One prebuilt UPDATE per
+    row held the lock about 70 us a row (2 ms for 30 sends).
     """
     connection = session.connection()
     now = utcnow()
+    # Each sent row's event and scrubbed payload, by id: a row sent twice in one batch (its
+    # lease taken over and back) changes once.
+    sent_by_id = {record.notification_id: record for record in sent}
+    sent_events = {
+        notification_id: notification_event(
+            notification_id, str(record.payload.get("kind", "")), "sent", now
+        )
+        for notification_id, record in sent_by_id.items()
+    }
+    retries = [_failure_params(failure) for failure in failures if failure.status != "failed"]
+    given_up = [failure for failure in failures if failure.status == "failed"]
     events: list[dict[str, object]] = []
-    for record in sent:
-        # One prebuilt statement per row, in the batch's one transaction: cheaper than one
-        # statement built for the batch (its CASE of payloads and its expanding lists were
-        # built, keyed and expanded on every call) from a single row up to batches of dozens.
-        # RETURNING says whether this record changed the row: only those get their event, not
-        # rows whose lease was taken over.
-        if connection.execute(
-            _RECORD_LEASED_SEND,
-            {
-                "sent_id": record.notification_id,
-                "token": record.lease_token,
-                "status": "sent",
-                "sent_at": now,
-                "last_error": None,
-                "payload": record.payload,
-            },
-        ).first():
-            kind = str(record.payload.get("kind", ""))
-            events.append(notification_event(record.notification_id, kind, "sent", now))
-    retries = [failure for failure in failures if failure.status != "failed"]
+    if sent_by_id:
+        # RETURNING says which rows this record changed: only those get their event and their
+        # payload, not rows whose lease was taken over. The lease tokens are the claims' (one
+        # per claim batch, unknown to any other consumer), so matching any of them is matching
+        # each row's own.
+        changed = (
+            connection.execute(
+                _RECORD_SENT_BATCH,
+                {
+                    "sent_ids": list(sent_by_id),
+                    "tokens": list({record.lease_token for record in sent}),
+                    "sent_at": now,
+                },
+            )
+            .scalars()
+            .all()
+        )
+        if changed:
+            connection.execute(
+                _SCRUB_SENT_PAYLOAD,
+                [
+                    {"scrubbed_id": row_id, "payload": sent_by_id[row_id].payload}
+                    for row_id in changed
+                ],
+            )
+            events.extend(sent_events[row_id] for row_id in changed)
     if retries:
-        connection.execute(_RECORD_FAILURE, [_failure_params(failure) for failure in retries])
-    for failure in failures:
-        if failure.status != "failed":
-            continue
+        connection.execute(_RECORD_FAILURE, retries)
+    for failure in given_up:
         # One statement each: giving up is rare, and RETURNING tells whether this record
         # changed the row (an executemany cannot).
         if connection.execute(
@@ -447,6 +468,28 @@ def record_sends(session: Session, sent: Sequence[Sent], failures: Sequence[Fail
         # One INSERT for the batch's events, in the batch's one transaction.
         connection.execute(_INSERT_EVENTS, events)
     session.commit()
+
+
+# A batch of sent rows, each still leased with one of the batch's claim tokens.
+_RECORD_SENT_BATCH = (
+    update(NOTIFICATIONS)
+    .where(
+        NOTIFICATIONS.c.id.in_(bindparam("sent_ids", expanding=True)),
+        NOTIFICATIONS.c.send_lease_token.in_(bindparam("tokens", expanding=True)),
+    )
+    .values(
+        status="sent",
+        sent_at=bindparam("sent_at", type_=NOTIFICATIONS.c.sent_at.type),
+        last_error=None,
+        **_END_OF_LEASE,
+    )
+    .returning(NOTIFICATIONS.c.id)
+)
+_SCRUB_SENT_PAYLOAD = (
+    update(NOTIFICATIONS)
+    .where(NOTIFICATIONS.c.id == bindparam("scrubbed_id"))
+    .values(payload=bindparam("payload", type_=NOTIFICATIONS.c.payload.type))
+)
 
 
 def _failure_params(failure: Failure) -> dict[str, object]:
