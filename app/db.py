@@ -219,7 +219,7 @@ _os_sleep = gevent.monkey.get_original("time", "sleep")
 # (517): a read transaction that wants to write after another commit cannot succeed by waiting.
 _SQLITE_BUSY_CODES = frozenset({5, 261})
 # Another process holds the lock for a fraction of a millisecond at a time (a consumer's claim
-# or record: 0.3-0.45 ms at the median, 1.2-2.1 ms at p90 in the bench at one client), and every
+# or record: 0.3-0.47 ms at the median, 1.2-2.4 ms at p90 in the bench at one client), and every
 # waiter of this process is stalled meanwhile: polling is cheap (a refused try costs
 # microseconds), waiting too long is not. Under load a pause lasts a turn of the hub.
 _FIRST_PAUSE = 0.0002

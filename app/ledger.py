@@ -216,8 +216,8 @@ def _record_of_leased_row(id_param: str) -> Update:
 
 
 # Built once, like the registration's INSERTs: a statement's construction and cache key cost
-# more CPU than its execution, and these run for every send, inline (serial and parallel
-# requests) or by a consumer.
+# more CPU than its execution, and these run on every serial and parallel request (the
+# consumers record a batch at once: `_RECORD_SENT_BATCH`).
 _RECORD_LEASED_SEND = (
     _record_of_leased_row("sent_id")
     .values(
