@@ -6,10 +6,12 @@ themselves are the message contract in `app/jobs.py`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pika
+import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from app.events import USER_REGISTERED
@@ -23,6 +25,8 @@ from app.jobs import (
     retry_queue,
     work_queue,
 )
+
+log = logging.getLogger(__name__)
 
 
 def amqp_urls(amqp_url: str) -> list[str]:
@@ -75,13 +79,17 @@ def declare_topology(
         else {}
     )
     for name in CHANNELS:
-        channel.queue_declare(
-            work_queue(name),
-            durable=True,
-            arguments={
+        declare_channel_work_queue(
+            channel,
+            name,
+            {
                 **base_args,
                 **dead_lettering,
                 "x-dead-letter-exchange": PARKED_EXCHANGE,
+                # What the broker dead-letters (a policy's length limit or message TTL, a quorum
+                # queue's delivery limit) keeps its routing key unless told otherwise; a
+                # `user.registered` event's names no parking queue, and would be dropped.
+                "x-dead-letter-routing-key": name,
             },
         )
         channel.queue_bind(work_queue(name), JOBS_EXCHANGE, routing_key=name)
@@ -95,6 +103,51 @@ def declare_topology(
         )
     for name in webhooks:
         declare_webhook_queues(channel, name, retry_delays_ms, base_args, dead_lettering)
+
+
+def declare_channel_work_queue(
+    channel: BlockingChannel, name: str, arguments: dict[str, Any]
+) -> None:
+    """Declare a channel's work queue, accepting one declared before it dead-lettered under
+    the channel's name.
+
+    A queue's arguments are fixed when it is created: redeclaring it with other arguments is
+    refused with PRECONDITION_FAILED, which closes the channel. Versions before
+    `x-dead-letter-routing-key` was added left queues without it, and refusing to start on
+    such a broker would stop every process at once. So the declaration is tried on a channel of
+    its own; if the broker's only objection is that argument, the queue is taken as it is
+    (its dead-letters keep their own routing key until it is drained and deleted) and a
+    warning says so. Any other difference (a classic queue where QUEUE_TYPE asks for quorum)
+    is still refused.
+    """
+    queue = work_queue(name)
+    try:
+        _declare_on_a_channel_of_its_own(channel, queue, arguments)
+    except pika.exceptions.ChannelClosedByBroker as refused:
+        if refused.reply_code != 406 or "x-dead-letter-routing-key" not in refused.reply_text:
+            raise
+        older = {
+            key: value for key, value in arguments.items() if key != "x-dead-letter-routing-key"
+        }
+        _declare_on_a_channel_of_its_own(channel, queue, older)
+        log.warning(
+            "queue %s was declared without x-dead-letter-routing-key=%s: an event the broker "
+            "dead-letters from it is dropped instead of parked (the relay's sweeper sends its "
+            "rows again). Drain and delete the queue to have it declared anew.",
+            queue,
+            name,
+        )
+
+
+def _declare_on_a_channel_of_its_own(
+    channel: BlockingChannel, queue: str, arguments: dict[str, Any]
+) -> None:
+    own = channel.connection.channel()
+    try:
+        own.queue_declare(queue, durable=True, arguments=arguments)
+    finally:
+        if own.is_open:
+            own.close()
 
 
 def declare_webhook_queues(
