@@ -41,6 +41,15 @@ def ready(channel, queue: str) -> int:
     return channel.queue_declare(queue, passive=True).method.message_count
 
 
+def declare_email_queue_as_before(channel, queue_type: str) -> None:
+    """The email work queue as versions before declared it: no x-dead-letter-routing-key."""
+    channel.queue_declare(
+        work_queue("email"),
+        durable=True,
+        arguments={"x-queue-type": queue_type, "x-dead-letter-exchange": PARKED_EXCHANGE},
+    )
+
+
 def test_an_event_the_broker_dead_letters_from_a_work_queue_is_parked(vhost_url):
     """A `user.registered` event that expires in the email and SMS queues (as under a length
     limit or a delivery limit) reaches both parking queues: its own routing key names none."""
@@ -85,12 +94,7 @@ def test_a_work_queue_declared_before_the_routing_key_is_taken_with_a_warning(
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     try:
         channel = connection.channel()
-        # The email queue as versions before declared it.
-        channel.queue_declare(
-            work_queue("email"),
-            durable=True,
-            arguments={"x-queue-type": "classic", "x-dead-letter-exchange": PARKED_EXCHANGE},
-        )
+        declare_email_queue_as_before(channel, "classic")
         with caplog.at_level(logging.WARNING, logger="app.topology"):
             declare_topology(channel, DELAYS)
         assert [r.getMessage() for r in caplog.records if work_queue("email") in r.getMessage()]
@@ -121,11 +125,7 @@ def test_a_work_queue_of_another_type_is_still_refused(vhost_url):
     connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
     try:
         channel = connection.channel()
-        channel.queue_declare(
-            work_queue("email"),
-            durable=True,
-            arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": PARKED_EXCHANGE},
-        )
+        declare_email_queue_as_before(channel, "quorum")
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
             declare_topology(channel, DELAYS, queue_type="classic")
         assert refused.value.reply_code == 406
