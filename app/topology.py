@@ -88,7 +88,7 @@ def declare_topology(
                 "x-dead-letter-exchange": PARKED_EXCHANGE,
                 # What the broker dead-letters (a policy's length limit or message TTL, a quorum
                 # queue's delivery limit) keeps its routing key unless told otherwise; a
-                # `user.registered` event's names no parking queue, and would be dropped.
+                # `user.registered` event's key names no parking queue, and it would be dropped.
                 "x-dead-letter-routing-key": name,
             },
         )
