@@ -41,6 +41,9 @@ class Slice:
     # drain, included), and how many requests that covers; None where /proc is missing.
     cpu: cpu.CpuSample | None = None
     server: str = "wsgi"  # the web's shape, a key of SERVERS
+    # the web's serving threads over the load (warm-up and measured window): seconds on a CPU,
+    # seconds waiting for one, and the thread-seconds spanned (cpu.sched_difference)
+    web_sched: dict[str, float] | None = None
     # event-loop stalls the web logged over the slice (warm-up and drain included); None: the
     # run did not count them (--hub-block-ms 0)
     stalls: int | None = None
@@ -113,6 +116,7 @@ def aggregate(slices: Sequence[Slice]) -> list[dict[str, Any]]:
             "queue_depth_peak": None,
             "outbox_fallbacks": sum(p.fallbacks for p in pieces),
             "cpu": cpu_per_request(pieces),
+            "web_threads": web_thread_shares(pieces),
             "hub_stalls": None
             if any(p.stalls is None for p in pieces)
             else sum(p.stalls or 0 for p in pieces),
@@ -157,6 +161,22 @@ def cpu_per_request(pieces: Sequence[Slice]) -> dict[str, Any] | None:
         "kernel_cores": round(kernel / wall, 2),
         # CPUs' worth of work by processes that are not part of this run (other programs)
         "others_cores": round(max(processes - sum(seconds.values()), 0.0) / wall, 2),
+    }
+
+
+def web_thread_shares(pieces: Sequence[Slice]) -> dict[str, float] | None:
+    """Shares of the load's time the web's serving threads ran, waited for a core, and slept,
+    over the slices."""
+    samples = [p.web_sched for p in pieces if p.web_sched is not None]
+    span = sum(s["span"] for s in samples)
+    if not span:
+        return None
+    running = sum(s["running"] for s in samples) / span
+    waiting = sum(s["waiting"] for s in samples) / span
+    return {
+        "running": round(running, 3),
+        "waiting": round(waiting, 3),
+        "asleep": round(max(1.0 - running - waiting, 0.0), 3),
     }
 
 

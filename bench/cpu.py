@@ -3,7 +3,10 @@
 On a small machine every part shares the same cores: the consumers sending queued jobs take CPU
 from the web server, and so does anything else running at the time. Sampling each part's CPU
 time around a slice turns that into figures (ms of CPU per request per part) and shows how busy
-the machine was, ours or not. Where /proc is missing (macOS) the figures are simply absent.
+the machine was, ours or not. The scheduler's own account of the web's serving threads
+(`/proc/PID/schedstat`) says what the web did meanwhile: ran, waited for a core, or slept
+(waiting for the database, the clients, the broker). Where /proc is missing (macOS) the figures
+are simply absent.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
+def _children(table: dict[int, tuple[int, int]]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _ticks) in table.items():
+        children.setdefault(parent, []).append(pid)
+    return children
+
+
 def _machine_ticks() -> tuple[int, int, int]:
     """(process time, interrupts + steal, total) ticks of all CPUs since boot.
 
@@ -66,9 +76,7 @@ def sample(parts: Mapping[str, list[int]]) -> CpuSample | None:
     if not available():
         return None
     table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _ticks) in table.items():
-        children.setdefault(parent, []).append(pid)
+    children = _children(table)
     ticks = _ticks_per_second()
     result = CpuSample()
     for part, roots in parts.items():
@@ -97,3 +105,63 @@ def difference(before: CpuSample | None, after: CpuSample | None) -> CpuSample |
         after.machine_kernel - before.machine_kernel,
         after.machine_total - before.machine_total,
     )
+
+
+@dataclass
+class SchedSample:
+    """What the scheduler says of the serving processes' main threads so far."""
+
+    # pid -> (seconds on a CPU, seconds runnable but waiting for one), since the thread began
+    threads: dict[int, tuple[float, float]] = field(default_factory=dict)
+    at: float = 0.0  # time.monotonic() of the sample
+
+
+def sched_sample(roots: list[int], now: float) -> SchedSample | None:
+    """The main threads of the processes that serve: `roots` and their descendants that have
+    no children themselves (`python wsgi.py` itself; gunicorn's workers, not its arbiter).
+
+    `/proc/PID/schedstat` holds the task's time on a CPU and its time waiting on a run queue,
+    in nanoseconds (Linux with CONFIG_SCHED_INFO, as Debian's kernels are built); the rest of
+    the wall-clock time the thread slept. Python runs a process's requests on its main thread
+    (gevent's hub and greenlets live there), so its three shares are the web's.
+    """
+    if not available():
+        return None
+    table = _process_table()
+    children = _children(table)
+    serving, stack, seen = [], list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        if pid in children:
+            stack.extend(children[pid])
+        else:
+            serving.append(pid)
+    result = SchedSample(at=now)
+    for pid in serving:
+        try:
+            running_ns, waiting_ns = (PROC / str(pid) / "schedstat").read_text().split()[:2]
+        except (OSError, ValueError):
+            continue  # gone, or a kernel without schedstat
+        result.threads[pid] = (int(running_ns) / 1e9, int(waiting_ns) / 1e9)
+    return result if result.threads else None
+
+
+def sched_difference(
+    before: SchedSample | None, after: SchedSample | None
+) -> dict[str, float] | None:
+    """Seconds the serving threads ran and waited for a CPU between two samples, and the
+    thread-seconds the samples span (the wall-clock time, once per thread present in both)."""
+    if before is None or after is None:
+        return None
+    common = before.threads.keys() & after.threads.keys()
+    span = after.at - before.at
+    if not common or span <= 0:
+        return None
+    return {
+        "running": sum(after.threads[p][0] - before.threads[p][0] for p in common),
+        "waiting": sum(after.threads[p][1] - before.threads[p][1] for p in common),
+        "span": span * len(common),
+    }

@@ -94,6 +94,25 @@ def cpu_table(points: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def web_threads_table(points: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [p for p in points if p.get("web_threads")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "the web's serving threads during the load (Linux schedstat): share of the time on a CPU,",
+        "runnable but waiting for a CPU, and asleep (for the clients, the database's write lock)",
+        "   c  mode           on CPU   waiting    asleep",
+    ]
+    for point in rows:
+        shares = point["web_threads"]
+        lines.append(
+            f"{point['concurrency']:>4}  {point['mode']:<11} "
+            + "".join(f"{shares[key]:>10.0%}" for key in ("running", "waiting", "asleep"))
+        )
+    return lines
+
+
 def diagnostics(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     probe = results.get("lag_probe")
@@ -127,6 +146,12 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
                 f"{_ms(insert['latency_ms']['p50'] if insert else None, 0)} ms, "
                 f"{_num(insert['rps'] if insert else None, 0)} req/s)"
             )
+            shares = point.get("web_threads")
+            if shares:
+                lines.append(
+                    f"         the web's threads: {shares['running']:.0%} on a CPU, "
+                    f"{shares['waiting']:.0%} waiting for one, {shares['asleep']:.0%} asleep"
+                )
     return lines
 
 
@@ -202,6 +227,7 @@ def render(results: dict[str, Any], targets: Sequence[dict[str, Any]]) -> str:
         out += latency_table(sweep["points"], results["textbook"], show_textbook_at=low)
         out += ratio_table(sweep["ratios"], results["textbook"])
         out += cpu_table(sweep["points"])
+        out += web_threads_table(sweep["points"])
     out += [
         "",
         "  noop = GET /noop (the ceiling of server + load generator); insert-only = the same "

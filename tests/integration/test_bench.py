@@ -201,6 +201,18 @@ def test_cpu_per_request_by_part(bench_run):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_what_the_web_did_during_the_load(bench_run):
+    results = bench_run[0]
+    for points in (results["points"], results["other_servers"][0]["points"]):
+        shares = find_point(points, "queued", max(LEVELS))["web_threads"]
+        require(shares is not None, "the scheduler's figures from /proc/PID/schedstat")
+        assert shares["running"] > 0
+        assert sum(shares.values()) == pytest.approx(1, abs=0.01)
+    assert "the web's serving threads during the load" in results["report"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_burst_is_absorbed_and_drained(bench_run):
     burst = bench_run[0]["burst"]
     assert burst["accepted"] == burst["requests"] == 150
