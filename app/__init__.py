@@ -124,7 +124,11 @@ def register_dispatcher(
             queue_type=settings.queue_type,
         ),
         publish_timeout=settings.publish_timeout,
-        queued_marker=QueuedMarker(offload.sessions, interval=settings.queued_mark_interval),
+        queued_marker=QueuedMarker(
+            offload.sessions,
+            interval=settings.queued_mark_interval,
+            busy_timeout=settings.database_busy_timeout,
+        ),
         inline_lease_seconds=settings.inline_send_seconds,
         relay_grace_seconds=settings.relay_grace_seconds,
     )

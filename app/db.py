@@ -10,8 +10,9 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +35,7 @@ from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ClauseElement, ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 # Named constraints make migrations reproducible: autogenerate and every backend agree on the
@@ -213,6 +214,87 @@ def _checkpoint_every_interval(database: str) -> None:
 
 _start_os_thread = gevent.monkey.get_original("_thread", "start_new_thread")
 _os_sleep = gevent.monkey.get_original("time", "sleep")
+_allocate_os_lock = gevent.monkey.get_original("_thread", "allocate_lock")
+
+
+@dataclass(frozen=True)
+class SqliteStatement:
+    """A Core statement compiled once to SQLite's SQL, for a plain sqlite3 connection."""
+
+    sql: str
+    names: tuple[str, ...]  # the positional parameters, in order
+    defaults: dict[str, Any]  # the values the statement carries itself
+
+    @classmethod
+    def compile(cls, statement: ClauseElement, **placeholders: Any) -> SqliteStatement:
+        """`placeholders`: a value for each parameter the caller will give, any will do."""
+        compiled = statement.compile(dialect=sqlite.dialect())
+        assert isinstance(compiled, SQLCompiler)  # a DML or SELECT statement
+        return cls(
+            str(compiled),
+            tuple(compiled.positiontup or ()),
+            dict(compiled.construct_params(placeholders) or {}),
+        )
+
+    def parameters(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        merged = {**self.defaults, **values}
+        return tuple(merged[name] for name in self.names)
+
+
+class OffLoopWriter:
+    """Writes to a SQLite file on a thread of gevent's pool, with a connection of its own: for
+    the writes of a serving process that nobody waits for (the web's marks of what the broker
+    confirmed).
+
+    Python's sqlite3 lets go of the GIL while SQLite works, so a statement run here costs the
+    event loop's thread only the handing over: the statement's own work (finding the rows,
+    rewriting them and their indexes, the commit) runs on another core, beside the requests.
+    Each `write` is one transaction, begun IMMEDIATE; SQLite's own busy handler waits for the
+    write lock (it sleeps in C, on this thread, which stops nothing else). Writes run one at a
+    time, and the connection is opened by the first, in the process that writes (a gunicorn
+    worker, not its arbiter).
+    """
+
+    def __init__(self, database: str, *, busy_timeout: float) -> None:
+        self.database = database
+        self.busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._one_at_a_time = _allocate_os_lock()  # held by pool threads, not greenlets
+
+    def write(
+        self, statements: Sequence[tuple[SqliteStatement, dict[str, Any]]]
+    ) -> gevent.event.AsyncResult:
+        """Start writing `statements` in one transaction; the result holds the error, if any."""
+        result: gevent.event.AsyncResult = gevent.get_hub().threadpool.spawn(
+            self._write, statements
+        )
+        return result
+
+    def _write(self, statements: Sequence[tuple[SqliteStatement, dict[str, Any]]]) -> None:
+        with self._one_at_a_time:
+            connection = self._connection or self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement, values in statements:
+                    connection.execute(statement.sql, statement.parameters(values))
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.database,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # the transactions are begun and ended above
+            check_same_thread=False,  # one pool thread at a time, not always the same one
+        )
+        # As the engine's connections (WAL is a property of the file, set by them).
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        self._connection = connection
+        return connection
 
 
 # SQLITE_BUSY and SQLITE_BUSY_RECOVERY: the lock is held, try again. Not SQLITE_BUSY_SNAPSHOT
