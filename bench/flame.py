@@ -14,6 +14,7 @@ processes' memory with ptrace, so it needs root or CAP_SYS_PTRACE (or ptrace_sco
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -119,4 +120,15 @@ def finish_recorder(name: str, process: subprocess.Popen[bytes], svg: Path, log:
         process.wait()
     if process.returncode != 0 or not svg.exists():
         raise FlameError(f"py-spy failed on the {name} process; see {log}")
+    svg.write_text(titled(svg.read_text(), name))
     return svg
+
+
+_TITLE = re.compile(r'(<text id="title"[^>]*>)[^<]*(</text>)')
+
+
+def titled(svg: str, name: str) -> str:
+    """The graph titled with what it shows: py-spy puts its own command line there, with the
+    paths of this machine (its executable, the output file) and a process id of this run."""
+    title = f"py-spy record --gil --rate {SAMPLES_PER_SECOND}: the {name} process under queued load"
+    return _TITLE.sub(lambda match: f"{match[1]}{title}{match[2]}", svg, count=1)
