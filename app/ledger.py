@@ -157,6 +157,11 @@ class QueuedMarker:
 
     def flush(self) -> None:
         self._flusher = None
+        if self._writing is not None and not self._writing.ready():
+            # One batch at a time: a write waiting for SQLite's lock must not be joined by one
+            # more every interval, each holding a thread of the pool the lock waits use too.
+            # The next batch goes when this one is written (`_written`).
+            return
         ids, self._ids = self._ids, []
         event_ids, self._event_ids = self._event_ids, []
         if not ids and not event_ids:
@@ -168,7 +173,7 @@ class QueuedMarker:
                     (_MARK_PUBLISHED_SQLITE, {"ids": json.dumps(event_ids)}),
                 ]
             )
-            self._writing.rawlink(functools.partial(self._report, len(event_ids)))
+            self._writing.rawlink(functools.partial(self._written, len(event_ids)))
             return
         try:
             with session_scope(self.sessions) as session:
@@ -176,9 +181,11 @@ class QueuedMarker:
         except SQLAlchemyError as exc:
             self._report_failure(len(event_ids), exc)
 
-    def _report(self, events: int, written: gevent.event.AsyncResult) -> None:
+    def _written(self, events: int, written: gevent.event.AsyncResult) -> None:
         if not written.successful():
             self._report_failure(events, written.exception)
+        if (self._ids or self._event_ids) and self._flusher is None:
+            self._flusher = gevent.spawn_later(self.interval, self.flush)
 
     @staticmethod
     def _report_failure(events: int, exc: BaseException | None) -> None:
@@ -191,6 +198,9 @@ class QueuedMarker:
     def close(self) -> None:
         if self._flusher is not None:
             self._flusher.kill(block=False)
+            self._flusher = None
+        if self._writing is not None:
+            self._writing.wait(CLOSE_WAIT_SECONDS)  # the batch under way, then the rest
         self.flush()
         if self._writing is not None:
             self._writing.wait(CLOSE_WAIT_SECONDS)

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import gevent
+import gevent.event
 import pytest
 from sqlalchemy import select
 
@@ -101,3 +102,40 @@ def test_a_write_is_one_transaction(tmp_path: Path, sessions, settings):
         writer.write([mark, (broken, {})]).get(timeout=5)
     rows, _events = statuses(sessions, [registered])
     assert rows == {"pending"}  # the first statement's change went with the second's failure
+
+
+def test_one_batch_at_a_time_and_the_next_when_it_is_written(sessions):
+    class SlowWriter:
+        """Writes only when told: a batch waiting for SQLite's write lock."""
+
+        def __init__(self) -> None:
+            self.batches: list[tuple[list[str], list[str]]] = []
+            self.results: list[gevent.event.AsyncResult] = []
+
+        def write(self, statements):
+            (_queued, rows), (_published, events) = statements
+            self.batches.append((json.loads(rows["ids"]), json.loads(events["ids"])))
+            self.results.append(gevent.event.AsyncResult())
+            return self.results[-1]
+
+    class Row:
+        def __init__(self, id_: str) -> None:
+            self.id, self.status = id_, "pending"
+
+    writer = SlowWriter()
+    marker = QueuedMarker(sessions, interval=0.001)
+    marker._writer = writer  # type: ignore[assignment]
+    marker.mark([Row("r1")], ["e1"])
+    gevent.sleep(0.01)
+    marker.mark([Row("r2")], ["e2"])
+    marker.mark([Row("r3")], ["e3"])
+    gevent.sleep(0.01)
+    assert writer.batches == [(["r1"], ["e1"])]  # the second waits for the first
+
+    writer.results[0].set(None)
+    gevent.sleep(0.01)
+    assert writer.batches == [(["r1"], ["e1"]), (["r2", "r3"], ["e2", "e3"])]
+
+    writer.results[1].set(None)
+    marker.close()
+    assert len(writer.batches) == 2  # nothing left to write
