@@ -151,8 +151,12 @@ class QueuedMarker:
         self._event_ids.extend(event_ids)
         if self.interval <= 0 and gevent.getcurrent() is not gevent.get_hub():
             self.flush()
-        elif self._flusher is None:
+        else:
             # A confirm arrives in a callback on the hub, which must not wait for the database.
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        if self._flusher is None:
             self._flusher = gevent.spawn_later(self.interval, self.flush)
 
     def flush(self) -> None:
@@ -184,8 +188,8 @@ class QueuedMarker:
     def _written(self, events: int, written: gevent.event.AsyncResult) -> None:
         if not written.successful():
             self._report_failure(events, written.exception)
-        if (self._ids or self._event_ids) and self._flusher is None:
-            self._flusher = gevent.spawn_later(self.interval, self.flush)
+        if self._ids or self._event_ids:
+            self._flush_later()
 
     @staticmethod
     def _report_failure(events: int, exc: BaseException | None) -> None:

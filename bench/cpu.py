@@ -50,6 +50,21 @@ def _children(table: dict[int, tuple[int, int]]) -> dict[int, list[int]]:
     return children
 
 
+def _tree(
+    roots: list[int], table: dict[int, tuple[int, int]], children: dict[int, list[int]]
+) -> list[int]:
+    """`roots` and all their descendants that are still running, each once."""
+    found, stack, seen = [], list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
 def _machine_ticks() -> tuple[int, int, int]:
     """(process time, interrupts + steal, total) ticks of all CPUs since boot.
 
@@ -80,15 +95,7 @@ def sample(parts: Mapping[str, list[int]]) -> CpuSample | None:
     ticks = _ticks_per_second()
     result = CpuSample()
     for part, roots in parts.items():
-        total, stack, seen = 0, list(roots), set()
-        while stack:
-            pid = stack.pop()
-            if pid in seen or pid not in table:
-                continue
-            seen.add(pid)
-            total += table[pid][1]
-            stack.extend(children.get(pid, []))
-        result.seconds[part] = total / ticks
+        result.seconds[part] = sum(table[pid][1] for pid in _tree(roots, table, children)) / ticks
     processes, kernel, total = _machine_ticks()
     result.machine_processes = processes / ticks
     result.machine_kernel = kernel / ticks
@@ -129,16 +136,7 @@ def sched_sample(roots: list[int], now: float) -> SchedSample | None:
         return None
     table = _process_table()
     children = _children(table)
-    serving, stack, seen = [], list(roots), set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen or pid not in table:
-            continue
-        seen.add(pid)
-        if pid in children:
-            stack.extend(children[pid])
-        else:
-            serving.append(pid)
+    serving = [pid for pid in _tree(roots, table, children) if pid not in children]
     result = SchedSample(at=now)
     for pid in serving:
         try:

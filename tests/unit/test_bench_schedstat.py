@@ -4,6 +4,7 @@ become shares of the load's time."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,19 @@ def test_only_the_processes_that_serve_are_counted(proc: Path) -> None:
     assert sample is not None
     assert sample.threads == {101: (2.0, 0.5), 102: (3.0, 0.0)}
     assert sample.at == 5.0
+
+
+def test_a_part_counts_the_cpu_of_its_whole_process_tree(proc: Path) -> None:
+    fake_process(proc, 100, 1, 0, 0)
+    fake_process(proc, 101, 100, 0, 0)
+    fake_process(proc, 102, 101, 0, 0)
+    fake_process(proc, 200, 1, 0, 0)  # not the web's
+
+    sample = cpu.sample({"web": [100]})
+
+    assert sample is not None
+    # 6 ticks each (utime 5 + stime 1), three processes
+    assert sample.seconds["web"] == pytest.approx(18 / os.sysconf("SC_CLK_TCK"))
 
 
 def test_a_single_process_server_is_its_own_serving_thread(proc: Path) -> None:
