@@ -290,7 +290,9 @@ class OffLoopWriter:
             isolation_level=None,  # the transactions are begun and ended above
             check_same_thread=False,  # one pool thread at a time, not always the same one
         )
-        # As the engine's connections (WAL is a property of the file, set by them).
+        # As the engine's connections (WAL is a property of the file, set by them), but with
+        # SQLite's own busy handler (`timeout`): its sleep in C stops only this thread, so the
+        # engine's hub-friendly waiting (`_wait_while_busy`) is not needed here.
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA wal_autocheckpoint=0")
         self._connection = connection
