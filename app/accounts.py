@@ -30,7 +30,7 @@ from app.verification import (
 # Longer than any sensible way of typing six digits with spaces; anything longer is refused
 # before it is even normalised.
 CODE_MAX_LENGTH = 20
-_USER_ID_LENGTH = 32  # uuid4().hex, see app.models.new_id
+_USER_ID_LENGTH = 32  # 32 hex digits, see app.models.new_id
 
 
 class VerificationError(Exception):

@@ -15,6 +15,8 @@ story of the job:
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +35,24 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
+    """A row id: a UUID version 7 (RFC 9562) as 32 hex digits, ordered by the millisecond it
+    was made in, then random (74 bits).
+
+    Time-ordered so that a new row lands at the end of every index keyed by an id (each table's
+    key; the notifications' user and event ids): with random ids each INSERT wrote to a random
+    leaf page of each of them, and once a table outgrew SQLite's page cache, read it back
+    first. A registration's write cost 372 us at 96,000 users against 156 with these
+    (tests/unit/test_row_ids.py). Python 3.14's `uuid.uuid7` makes the same layout.
+    """
+    milliseconds = time.time_ns() // 1_000_000
+    rand_a, rand_b = divmod(int.from_bytes(os.urandom(10)) >> 6, 1 << 62)
+    rand_a &= 0xFFF
+    value = (milliseconds & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    return f"{value:032x}"
+
+
+def random_id() -> str:
+    """An id that tells nothing, not even when it was made: for ids a user is shown."""
     return uuid.uuid4().hex
 
 

@@ -34,7 +34,7 @@ from app.events import (
 from app.groupcommit import group_commit
 from app.jobs import EmailJob, SmsJob, job_to_dict
 from app.ledger import new_lease_token
-from app.models import Notification, User, email_key, new_id, utcnow
+from app.models import Notification, User, email_key, new_id, random_id, utcnow
 from app.smsbudget import HELD, SmsBudgets, charge_sms, sms_budgets
 from app.verification import (
     hash_sms_code,
@@ -254,7 +254,7 @@ def register_user(
         sms_code_attempts=0,
         email_verified_at=None,
         phone_verified_at=None,
-        email_verification_id=new_id(),
+        email_verification_id=random_id(),  # the email link shows it
     )
     status_token = make_status_token()
     user.status_token_hash = hash_status_token(status_token)
