@@ -52,7 +52,8 @@ def new_id() -> str:
 
 
 def random_id() -> str:
-    """An id that tells nothing, not even when it was made: for ids a user is shown."""
+    """An id that tells nothing, not even when it was made: for the one in the email link's
+    token, which is signed, not encrypted."""
     return uuid.uuid4().hex
 
 
