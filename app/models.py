@@ -45,8 +45,8 @@ def new_id() -> str:
     (tests/unit/test_row_ids.py). Python 3.14's `uuid.uuid7` makes the same layout.
     """
     milliseconds = time.time_ns() // 1_000_000
-    rand_a, rand_b = divmod(int.from_bytes(os.urandom(10)) >> 6, 1 << 62)
-    rand_a &= 0xFFF
+    random_bits = int.from_bytes(os.urandom(10)) >> 6  # 74
+    rand_a, rand_b = divmod(random_bits, 1 << 62)  # 12 bits and 62
     value = (milliseconds & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
     return f"{value:032x}"
 
