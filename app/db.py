@@ -7,6 +7,7 @@ The schema is created by Alembic only (`migrations/`); nothing here calls `creat
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -409,6 +410,12 @@ def _wait_while_busy(engine: Engine, busy_timeout: float) -> None:
     event.listen(engine, "do_execute_no_params", do_execute_no_params)
 
 
+def compact_json(value: Any) -> str:
+    """JSON without spaces: how JSON columns are stored, and how messages go on the wire. An
+    event's stored body is then the message the relay publishes, byte for byte."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def make_engine(
     database_url: str,
     *,
@@ -424,7 +431,7 @@ def make_engine(
         database = sqlite_file(url)
         if database and os.path.dirname(database):
             os.makedirs(os.path.dirname(database), exist_ok=True)
-        engine = create_engine(url, **kwargs)
+        engine = create_engine(url, json_serializer=compact_json, **kwargs)
         event.listen(engine, "connect", _sqlite_configurer)
         _wait_while_busy(engine, busy_timeout)
         return engine
@@ -434,7 +441,7 @@ def make_engine(
         url = url.set(drivername="postgresql+pg8000")
     if socket_timeout is not None and url.drivername == "postgresql+pg8000":
         kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "timeout": socket_timeout}
-    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, json_serializer=compact_json, **kwargs)
     if url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", _connect_reporting_socket_errors)
     return engine

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table
 
+from app.db import compact_json
 from app.models import Event, new_id
 
 EVENT_VERSION = 1
@@ -98,7 +99,7 @@ def notification_event(
 
 
 def encode_event(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact_json(body).encode()
 
 
 def decode_event(raw: bytes) -> dict[str, Any]:

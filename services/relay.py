@@ -27,12 +27,12 @@ import uuid
 from typing import Any
 
 import gevent
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import Select, Text, and_, cast, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db import database_now, session_scope, unindexed
-from app.events import EventMessage, encode_event
+from app.events import USER_REGISTERED, EventMessage
 from app.jobs import job_from_dict
 from app.ledger import mark_queued, send_lease_free
 from app.messaging import Publisher, PublishError
@@ -138,11 +138,15 @@ def _claim(
         )
         .order_by(oldest_first)
         .limit(batch_size)
-        .with_for_update(skip_locked=True)
     )
+    if not _any_row(session, candidates):
+        return []
     session.execute(
         update(Notification)
-        .where(Notification.id.in_(candidates.scalar_subquery()), lease_free)
+        .where(
+            Notification.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()),
+            lease_free,
+        )
         .values(claimed_by=relay_id, claimed_until=database_now(lease_seconds))
         .execution_options(synchronize_session=False)
     )
@@ -157,6 +161,17 @@ def _claim(
             )
         )
     )
+
+
+def _any_row(session: Session, candidates: Select[Any]) -> bool:
+    """Whether `candidates` finds a row, read without a lock: most rounds find nothing to
+    claim (nothing pending past the grace, nothing stuck), and on SQLite a claim's UPDATE takes
+    the database's one write lock even when it changes no row, while the web's registrations
+    wait for it. The read ends its transaction, so the claim that follows writes from a fresh
+    snapshot."""
+    found = session.execute(candidates.limit(1)).first() is not None
+    session.rollback()
+    return found
 
 
 def _publish_each(
@@ -278,11 +293,14 @@ def relay_once(
 
 def claim_events(
     session: Session, *, relay_id: str, batch_size: int, lease_seconds: float
-) -> list[Event]:
-    """Lease up to `batch_size` pending events, oldest first, to this relay.
+) -> list[EventMessage]:
+    """Lease up to `batch_size` pending events to this relay; return them oldest first, as
+    they go on the wire.
 
     A relay may take back its own leased rows (a batch it could not publish), never another's
-    until their lease ran out.
+    until their lease ran out. The claim's UPDATE returns each event's body as the text stored
+    (the envelope's compact JSON, app/db.py `compact_json`), which is the message: nothing is
+    loaded into the ORM, decoded or encoded again, at two events a queued registration.
     """
     claimable = (
         Event.claimed_until.is_(None)
@@ -294,26 +312,22 @@ def claim_events(
         .where(Event.status == "pending", claimable)
         .order_by(Event.created_at)
         .limit(batch_size)
-        .with_for_update(skip_locked=True)
     )
-    session.execute(
+    if not _any_row(session, candidates):
+        return []
+    claimed = session.execute(
         update(Event)
-        .where(Event.id.in_(candidates.scalar_subquery()), claimable)
-        .values(claimed_by=relay_id, claimed_until=database_now(lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return list(
-        session.scalars(
-            select(Event)
-            .where(
-                Event.claimed_by == relay_id,
-                Event.status == "pending",
-                Event.claimed_until > database_now(),
-            )
-            .order_by(Event.created_at)
+        .where(
+            Event.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()),
+            claimable,
         )
-    )
+        .values(claimed_by=relay_id, claimed_until=database_now(lease_seconds))
+        .returning(Event.created_at, Event.id, Event.type, cast(Event.body, Text))
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    # RETURNING's order is the database's choice.
+    return [EventMessage(id_, type_, body.encode()) for _at, id_, type_, body in sorted(claimed)]
 
 
 def publish_events_once(
@@ -335,30 +349,30 @@ def publish_events_once(
         )
         if not claimed:
             return 0
-        messages = [EventMessage(e.id, e.type, encode_event(e.body)) for e in claimed]
         try:
-            unrouted = publisher.publish_events(messages, timeout=publish_timeout)
+            unrouted = publisher.publish_events(claimed, timeout=publish_timeout)
         except PublishError as exc:
             log.warning("relay: publishing %d events failed, will try again: %s", len(claimed), exc)
             return 0
-        published = [e.id for e in claimed]
         session.execute(
             update(Event)
-            .where(Event.id.in_(published), unindexed(Event.status) == "pending")
+            .where(Event.id.in_([e.id for e in claimed]), unindexed(Event.status) == "pending")
             .values(status="published", published_at=database_now(), claimed_until=None)
             .execution_options(synchronize_session=False)
         )
         # A registration's event reached the email and SMS queues: its rows are queued (if
-        # the broker lost it, the sweeper finds them there).
-        session.execute(
-            update(Notification)
-            .where(
-                Notification.event_id.in_(published),
-                unindexed(Notification.status) == "pending",
+        # the broker lost it, the sweeper finds them there). No other event has rows waiting.
+        registrations = [e.id for e in claimed if e.type == USER_REGISTERED]
+        if registrations:
+            session.execute(
+                update(Notification)
+                .where(
+                    Notification.event_id.in_(registrations),
+                    unindexed(Notification.status) == "pending",
+                )
+                .values(status="queued", queued_at=database_now())
+                .execution_options(synchronize_session=False)
             )
-            .values(status="queued", queued_at=database_now())
-            .execution_options(synchronize_session=False)
-        )
         session.commit()
         EVENTS_PUBLISHED.labels("no").inc(unrouted)
         EVENTS_PUBLISHED.labels("yes").inc(len(claimed) - unrouted)

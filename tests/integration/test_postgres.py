@@ -1,6 +1,6 @@
 """What differs on PostgreSQL, the production database: migrations, the unique-index referee
-under a real race, the relay's `SKIP LOCKED` claims, the shared rate-limit counter, and pg8000's
-connections reset while it reads a reply."""
+under a real race, the relay's `SKIP LOCKED` claims and the events it publishes as stored, the
+shared rate-limit counter, and pg8000's connections reset while it reads a reply."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import pg8000.dbapi
 import pytest
 import webtest
 from alembic import command
-from sqlalchemy import text, update
+from sqlalchemy import insert, text, update
 from sqlalchemy.exc import DBAPIError
 
 from app import create_app
 from app.config import Settings
 from app.db import make_engine, make_session_factory
+from app.events import EVENTS, encode_event, notification_event
 from app.messaging import InMemoryPublisher
 from app.migrate import alembic_config
 from app.models import Event, Notification, utcnow
 from app.senders import RecordingSender
-from services.relay import claim_pending
+from services.relay import claim_pending, publish_events_once
 from tests.conftest import require
 from tests.integration.helpers import unique_user
 from tests.integration.postgres import ResettingProxy, postgres_bin, private_cluster
@@ -129,6 +130,30 @@ def test_two_relays_claim_disjoint_rows_with_skip_locked(postgres_url):
         }
     engine.dispose()
     assert len(a) == pending // 2 and a.isdisjoint(b) and len(a | b) == pending
+
+
+def test_the_relay_publishes_each_event_as_stored_oldest_first(postgres_url):
+    # The claim returns the body as PostgreSQL keeps it (`json` keeps the text it was given):
+    # the engine stores compact JSON, so that text is the message.
+    engine = make_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    rows = [
+        notification_event(f"{i:032x}", "sms", "sent", utcnow() - timedelta(seconds=age))
+        for i, age in enumerate([3, 9, 6])
+    ]
+    with sessions() as session:
+        session.execute(update(Event).values(status="published"))  # earlier tests' events
+        session.execute(insert(EVENTS), rows)
+        session.commit()
+    relay = InMemoryPublisher()
+    published = publish_events_once(
+        sessions, relay, relay_id="pg", batch_size=10, publish_timeout=1
+    )
+    engine.dispose()
+    oldest_first = [rows[1], rows[2], rows[0]]
+    assert published == 3
+    assert [e.id for e in relay.events] == [row["id"] for row in oldest_first]
+    assert [e.body for e in relay.events] == [encode_event(row["body"]) for row in oldest_first]
 
 
 def test_rate_limit_counter_is_shared_through_postgres(postgres_url):
