@@ -1,7 +1,8 @@
 """Email through any SMTP server, with smtplib.
 
 The wire contract: SMTP to SMTP_HOST:SMTP_PORT, optional STARTTLS and login, a timeout on every
-socket operation; sessions are reused across messages. The notification id travels in the
+socket operation; sessions are reused across messages, and a message's envelope is pipelined
+when the server offers it. The notification id travels in the
 Message-ID and an `X-Offload-Notification` header, so a receiving sink (or a human) can match
 mail to ledger rows.
 """
@@ -122,7 +123,7 @@ class SmtpEmailSender:
     """Sends each message over a pooled SMTP session.
 
     Opening a session costs the TCP handshake, the greeting, EHLO (and STARTTLS and AUTH when
-    set) and QUIT: about six round trips before and after the three the message itself needs.
+    set) and QUIT: about six round trips before and after the two to four the message needs.
     Sessions are therefore kept and reused, one greenlet at a time each. A session that fails in
     any way is closed, never returned to the pool; if a reused session had silently died, the
     message was not accepted and the error is transient, so the job is retried, not lost.
@@ -222,8 +223,8 @@ class SmtpEmailSender:
         try:
             smtp = self._take_session()
             options: list[str] = []
+            smtp.ehlo_or_helo_if_needed()
             if needs_smtputf8:
-                smtp.ehlo_or_helo_if_needed()
                 if not smtp.has_extn("smtputf8"):
                     raise PermanentSendError(
                         _masked(
@@ -233,7 +234,10 @@ class SmtpEmailSender:
                         )
                     )
                 options.append("SMTPUTF8")
-            smtp.sendmail(self.envelope_from, [to], message, mail_options=options)
+            if smtp.has_extn("pipelining"):
+                send_pipelined(smtp, self.envelope_from, to, message, options)
+            else:
+                smtp.sendmail(self.envelope_from, [to], message, mail_options=options)
             self._return_session(smtp)
             smtp = None
         except smtplib.SMTPRecipientsRefused as exc:
@@ -247,6 +251,54 @@ class SmtpEmailSender:
         finally:
             if smtp is not None:
                 _close(smtp)  # after an error the session's state is unknown
+
+
+def send_pipelined(
+    smtp: smtplib.SMTP, sender: str, recipient: str, message: bytes, options: list[str]
+) -> None:
+    """Send one message over a session whose server offers PIPELINING (RFC 2920), as nearly
+    every mail server does: MAIL, RCPT and DATA go in one write and their replies are read
+    after, so the message costs two round trips instead of four. Each round trip is a wait on
+    the network, and on a machine it shares with the server two wakeups of each process.
+
+    A refusal raises what smtplib's `sendmail` raises for it, so it is classified alike. The
+    caller closes the session after any error: nothing here resets it.
+    """
+    if smtp.has_extn("size"):
+        options = [*options, f"SIZE={len(message)}"]
+    if "SMTPUTF8" in options:
+        smtp.command_encoding = "utf-8"  # what smtplib's `mail` does for the same option
+    parameters = "".join(f" {option}" for option in options)
+    smtp.send(
+        f"MAIL FROM:{smtplib.quoteaddr(sender)}{parameters}\r\n"
+        f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\n"
+        "DATA\r\n"
+    )
+    mail, rcpt, data = smtp.getreply(), smtp.getreply(), smtp.getreply()
+    envelope_refused = mail[0] != 250 or rcpt[0] not in (250, 251)
+    if data[0] == 354 and envelope_refused:
+        # The server took DATA though it refused the envelope: the message must still be
+        # ended, and an empty one with no valid recipient is delivered to nobody (RFC 2920,
+        # 3.1).
+        smtp.send(b".\r\n")
+        smtp.getreply()
+    if mail[0] != 250:
+        raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
+    if rcpt[0] not in (250, 251):
+        raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
+    if data[0] != 354:
+        raise smtplib.SMTPDataError(*data)
+    # As smtplib's `data`: a line that starts with a dot gets another (RFC 5321, 4.5.2).
+    stuffed = _LEADING_DOT.sub(b"..", message)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    smtp.send(stuffed + b".\r\n")
+    code, reply = smtp.getreply()
+    if code != 250:
+        raise smtplib.SMTPDataError(code, reply)
+
+
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 def _close(smtp: smtplib.SMTP) -> None:

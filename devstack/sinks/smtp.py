@@ -70,6 +70,20 @@ class RecordingSmtpHandler:
             r["message_id"] for r in read_records(records.path) if r.get("message_id")
         }
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Offer PIPELINING (RFC 2920), as real mail servers do. aiosmtpd keeps what the RFC
+        asks of a server that offers it: it answers commands in order, each as soon as it is
+        handled, and refuses DATA without a recipient."""
+        session.host_name = hostname  # aiosmtpd leaves it to a handler with this hook
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         received_at, started = time.time(), time.monotonic()
         # Parse first and sleep what is left: the reply comes `delay` after the data arrived,
