@@ -72,7 +72,8 @@ class User(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    # Not unique on its own: email_key's index decides (migration 0009).
+    email: Mapped[str] = mapped_column(String(320))
     # email_key(email): the unique index that decides "already registered" whatever the case.
     email_key: Mapped[str] = mapped_column(String(320), index=True, unique=True)
     phone: Mapped[str] = mapped_column(String(20), unique=True)
