@@ -23,6 +23,7 @@ import gevent.monkey
 import pg8000.exceptions
 import pg8000.legacy
 from sqlalchemy import (
+    JSON,
     DateTime,
     MetaData,
     SQLColumnExpression,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    literal,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, Engine, make_url
@@ -106,6 +108,36 @@ def _database_now_sqlite(element: database_now, compiler: SQLCompiler, **kw: Any
         "strftime('%Y-%m-%d %H:%M:%f000', 'now', "
         f"({compiler.process(seconds, **kw)}) || ' seconds')"
     )
+
+
+class json_with_string(FunctionElement[Any]):
+    """A JSON object column with one top-level key set to a string, computed by the database:
+    an UPDATE that rewrites part of a JSON column sends neither the column nor the value back
+    and forth through Python's JSON encoder."""
+
+    type = JSON()
+    inherit_cache = True
+    name = "json_with_string"
+
+    def __init__(self, column: ColumnElement[Any], key: str, text: str) -> None:
+        super().__init__(column, literal(key), literal(text))
+
+
+@compiles(json_with_string)
+def _json_with_string(element: json_with_string, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key, text = (compiler.process(clause, **kw) for clause in element.clauses)
+    # The column is `json` (it keeps what was written); jsonb_set works on jsonb.
+    return (
+        f"CAST(jsonb_set(CAST({column} AS JSONB), ARRAY[CAST({key} AS TEXT)], "
+        f"to_jsonb(CAST({text} AS TEXT))) AS JSON)"
+    )
+
+
+@compiles(json_with_string, "sqlite")
+def _json_with_string_sqlite(element: json_with_string, compiler: SQLCompiler, **kw: Any) -> str:
+    column, key, text = (compiler.process(clause, **kw) for clause in element.clauses)
+    # json_set writes its result compact, the form the engine stores (compact_json).
+    return f"json_set({column}, '$.' || {key}, {text})"
 
 
 def unindexed(column: SQLColumnExpression[str]) -> ColumnElement[str]:

@@ -103,6 +103,10 @@ class Consumer:
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.queue_type = queue_type
+        # The metrics' children for this channel, looked up once: `labels` costs a lock and a
+        # lookup on every job.
+        self._job_seconds = JOB_SECONDS.labels(channel)
+        self._jobs = {outcome: JOBS.labels(channel, outcome) for outcome in OUTCOMES}
         # One entry per node listed in AMQP_URL: pika connects to the first that answers.
         self.params = cluster_parameters(amqp_url, name=f"offload-consumer-{channel}")
         self._work: gevent.queue.Queue[Delivery] = gevent.queue.Queue()
@@ -250,7 +254,7 @@ class Consumer:
 
     def _send(self, delivery: Delivery, claim: Any) -> None:
         try:
-            with JOB_SECONDS.labels(self.channel_name).time():
+            with self._job_seconds.time():
                 result = self.handler.send(claim)  # never raises: errors are results
         finally:
             self._send_slots.release()
@@ -329,7 +333,7 @@ class Consumer:
                 )
             if copied:
                 acked.append(delivery.delivery_tag)
-                JOBS.labels(self.channel_name, _outcome(verdict)).inc()
+                self._jobs[_outcome(verdict)].inc()
             else:
                 # No copy anywhere: give the original back to the queue rather than lose it.
                 self._unsettled.discard(delivery.delivery_tag)
@@ -405,6 +409,9 @@ def _take_batch(queue: gevent.queue.Queue[T], *, linger: float, limit: int | Non
     while (limit is None or len(batch) < limit) and not queue.empty():
         batch.append(queue.get_nowait())
     return batch
+
+
+OUTCOMES = ("sent", "already_sent", "retried", "parked")
 
 
 def _outcome(verdict: Verdict) -> str:

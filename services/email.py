@@ -269,11 +269,10 @@ def send_pipelined(
     if "SMTPUTF8" in options:
         smtp.command_encoding = "utf-8"  # what smtplib's `mail` does for the same option
     parameters = "".join(f" {option}" for option in options)
-    smtp.send(
-        f"MAIL FROM:{smtplib.quoteaddr(sender)}{parameters}\r\n"
-        f"RCPT TO:{smtplib.quoteaddr(recipient)}\r\n"
-        "DATA\r\n"
-    )
+    # Both addresses are bare already: the recipient's was validated at registration (and
+    # `build_message` refused a line break in it), the sender's parsed from MAIL_FROM once.
+    # smtplib's quoteaddr would parse each again, 8% of the email consumer's CPU.
+    smtp.send(f"MAIL FROM:<{sender}>{parameters}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
     mail, rcpt, data = smtp.getreply(), smtp.getreply(), smtp.getreply()
     envelope_refused = mail[0] != 250 or rcpt[0] not in (250, 251)
     if data[0] == 354 and envelope_refused:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_scope
 from app.events import USER_REGISTERED, MalformedEvent, event_from_dict
-from app.jobs import Job, MalformedJob, job_from_dict, job_to_dict, scrub_job
+from app.jobs import Job, MalformedJob, job_from_dict
 from app.ledger import (
     EVENT_SENDABLE,
     EventLease,
@@ -271,7 +271,7 @@ def record_batch(
         token = result.claim.lease_token
         error = result.error
         if error is None:
-            sent.append(Sent(notification_id, token, job_to_dict(scrub_job(result.claim.job))))
+            sent.append(Sent(notification_id, token, kind))
             verdicts.append(Ack("sent"))
             continue
         verdict = verdict_after_failure(error, result.claim.attempts + 1, policy)
