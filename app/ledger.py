@@ -232,6 +232,21 @@ def record_inline_sends(
     """
     connection = session.connection()
     now = utcnow()
+    sent = [outcome.notification for outcome in outcomes if outcome.error is None]
+    changed: set[str] = set()
+    if sent:
+        # One UPDATE for the sent rows, the consumers' own (`record_sends`): it takes the
+        # secrets out of the payloads in SQL.
+        changed.update(
+            connection.execute(
+                _RECORD_SENT_BATCH,
+                {
+                    "sent_ids": [notification.id for notification in sent],
+                    "tokens": list({notification.send_lease_token for notification in sent}),
+                    "sent_at": now,
+                },
+            ).scalars()
+        )
     events: list[dict[str, object]] = []
     for outcome in outcomes:
         notification = outcome.notification
@@ -248,14 +263,19 @@ def record_inline_sends(
                 "status": outcome.retry_status,
                 "last_error": outcome.error[:MAX_ERROR_LENGTH],
                 "sent_at": None,
-                "payload": notification.payload,
             }
-        changed = connection.execute(
-            _RECORD_LEASED_SEND,
-            {"sent_id": notification.id, "token": notification.send_lease_token, **values},
-        ).first()
+            if connection.execute(
+                _RECORD_INLINE_FAILURE,
+                {
+                    "failed_id": notification.id,
+                    "token": notification.send_lease_token,
+                    "new_status": outcome.retry_status,
+                    "error": values["last_error"],
+                },
+            ).first():
+                changed.add(notification.id)
         status = values["status"]
-        if changed is not None and status in ("sent", "failed"):
+        if notification.id in changed and status in ("sent", "failed"):
             events.append(notification_event(notification.id, notification.channel, status, now))
         # The rows are the request's own, outside the session: what the response shows.
         for name, value in values.items():
@@ -292,16 +312,12 @@ def _record_of_leased_row(id_param: str) -> Update:
 
 
 # Built once, like the registration's INSERTs: a statement's construction and cache key cost
-# more CPU than its execution, and these run on every serial and parallel request (the
-# consumers record a batch at once: `_RECORD_SENT_BATCH`).
-_RECORD_LEASED_SEND = (
-    _record_of_leased_row("sent_id")
-    .values(
-        status=bindparam("status"),
-        sent_at=bindparam("sent_at", type_=NOTIFICATIONS.c.sent_at.type),
-        last_error=bindparam("last_error"),
-        payload=bindparam("payload", type_=NOTIFICATIONS.c.payload.type),
-    )
+# more CPU than its execution, and these run on every serial and parallel request. A failed
+# inline send keeps its payload (the relay sends it again) and is not queued yet, unlike the
+# consumers' `_RECORD_FAILURE`.
+_RECORD_INLINE_FAILURE = (
+    _record_of_leased_row("failed_id")
+    .values(status=bindparam("new_status"), last_error=bindparam("error"), sent_at=None)
     .returning(NOTIFICATIONS.c.id)
 )
 _INSERT_EVENTS = insert(EVENTS)
