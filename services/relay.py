@@ -302,8 +302,8 @@ def claim_events(
     (the envelope's compact JSON, app/db.py `compact_json`), which is the message: nothing is
     loaded into the ORM, decoded or encoded again, at two events a queued registration.
     """
-    # On the table, not the ORM class: the ORM's bulk UPDATE machinery cost the relay more
-    # than the statement, and nothing here is loaded into the session.
+    # On the table, not the ORM class: nothing here is loaded into the session, and the ORM's
+    # bulk UPDATE path made a claim of 30 cost 1.04-1.25 ms against 0.88-0.96 (in-process).
     claimable = (
         EVENTS.c.claimed_until.is_(None)
         | (EVENTS.c.claimed_until < database_now())
