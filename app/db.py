@@ -7,6 +7,7 @@ The schema is created by Alembic only (`migrations/`); nothing here calls `creat
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -477,6 +478,36 @@ def make_engine(
     if url.drivername == "postgresql+pg8000":
         event.listen(engine, "do_connect", _connect_reporting_socket_errors)
     return engine
+
+
+def _convert_paramstyle_once(style: str, query: str, args: Any) -> tuple[str, Any]:
+    """pg8000's `convert_paramstyle`, each statement's SQL rewritten once, not on every execute.
+
+    pg8000 turns a statement's placeholders into PostgreSQL's (`%s` -> `$1`) with a scanner
+    that walks the SQL one character at a time in Python, whenever a cursor executes: the
+    largest single item in a cProfile of registrations on PostgreSQL. SQLAlchemy sends the same
+    few statements over and over, and for the positional styles (SQLAlchemy's pg8000 dialect
+    uses "format") the rewritten SQL depends on the SQL alone and the parameters go through
+    unchanged, so the rewrite is kept per statement. In-process (WebTest, 1,000 insert-only
+    registrations a round, three rounds alternating): 2.38-2.50 ms of CPU a registration
+    against 2.77-2.91.
+    """
+    if style in ("numeric", "qmark", "format"):
+        return _rewritten_sql(style, query), args
+    converted: tuple[str, Any] = _pg8000_convert_paramstyle(style, query, args)
+    return converted
+
+
+@functools.lru_cache(maxsize=1024)
+def _rewritten_sql(style: str, query: str) -> str:
+    # A statement with an expanding IN is a new string per list length: the bound keeps them.
+    rewritten: str = _pg8000_convert_paramstyle(style, query, ())[0]
+    return rewritten
+
+
+_pg8000_convert_paramstyle = pg8000.legacy.convert_paramstyle
+# The name pg8000.legacy.Cursor.execute looks up (the cursor of `_Pg8000Connection`).
+pg8000.legacy.convert_paramstyle = _convert_paramstyle_once
 
 
 class _Pg8000Connection(pg8000.legacy.Connection):  # the class pg8000.connect() returns
