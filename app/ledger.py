@@ -33,7 +33,7 @@ from app.db import (
     unindexed,
 )
 from app.events import EVENTS, REQUEST_HOLDER, notification_event
-from app.jobs import SCRUBBED_TEXT, SECRET_FIELD, job_from_dict, job_to_dict, scrub_job
+from app.jobs import SCRUBBED_TEXT, SECRET_FIELD
 from app.models import Notification, utcnow
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def record_inline_sends(
                 "status": "sent",
                 "sent_at": now,
                 "last_error": None,
-                "payload": scrubbed_payload(notification.payload),
+                "payload": scrubbed_payload(notification.channel, notification.payload),
             }
         else:
             values = {
@@ -461,9 +461,12 @@ def notification_statuses(session: Session, notification_ids: Sequence[str]) -> 
     return {notification_id: status for notification_id, status in rows}
 
 
-def scrubbed_payload(payload: dict[str, object]) -> dict[str, object]:
-    """A sent job's payload without its secret (the code, the link token)."""
-    return job_to_dict(scrub_job(job_from_dict(payload)))
+def scrubbed_payload(channel: str, payload: dict[str, object]) -> dict[str, object]:
+    """A sent job's payload without its secret (the code, the link token): its channel's
+    SECRET_FIELD replaced, as `_SCRUBBED_PAYLOAD` does in SQL. (scrub_job on the decoded job
+    gives the same; a test holds them together. Decoding and re-encoding the job was a tenth of
+    the inline record's CPU.)"""
+    return {**payload, SECRET_FIELD[channel]: SCRUBBED_TEXT}
 
 
 @dataclass(frozen=True)

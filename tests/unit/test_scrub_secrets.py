@@ -23,6 +23,7 @@ from app.jobs import (
     job_to_dict,
     scrub_job,
 )
+from app.ledger import scrubbed_payload
 from app.models import Notification
 from app.registration import register_user, validate_registration
 from app.senders import RecordingSender
@@ -72,6 +73,8 @@ def test_scrub_job_replaces_exactly_its_kinds_secret_field(job):
         **job_to_dict(job),
         SECRET_FIELD[job.kind]: SCRUBBED_TEXT,
     }
+    # The inline record scrubs its rows' payloads as stored (a job's kind is its channel).
+    assert scrubbed_payload(job.kind, job_to_dict(job)) == job_to_dict(scrub_job(job))
 
 
 def test_a_sent_sms_keeps_no_code_and_a_sent_email_no_link_token(sessions, registered):
