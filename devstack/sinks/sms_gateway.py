@@ -31,7 +31,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import gevent
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from devstack.sinks.records import Record, RecordFile, read_records
 
@@ -181,6 +181,13 @@ def _json(
     return [payload]
 
 
+class _UnloggedHandler(WSGIHandler):
+    # With log=None pywsgi still formats an access line per request (a clock read and a
+    # datetime) before throwing it away: 4% of the gateway's CPU under the bench's load.
+    def log_request(self) -> None:
+        pass
+
+
 class SmsGatewaySink:
     """The gateway server with start()/stop(); a gevent-patched process only (see module doc).
 
@@ -252,6 +259,7 @@ class SmsGatewaySink:
             self.app,
             backlog=1024,
             log=None,
+            handler_class=_UnloggedHandler,
             # Set, so pywsgi does not look the name up with getfqdn().
             environ={"SERVER_NAME": self.host},
         )
