@@ -29,6 +29,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from app.db import compact_json
+
 JOBS_EXCHANGE = "offload.jobs"
 PARKED_EXCHANGE = "offload.parked"
 EVENTS_EXCHANGE = "offload.events"
@@ -109,7 +111,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
 
 
 def encode_job(job: Job) -> bytes:
-    return json.dumps(job_to_dict(job), separators=(",", ":")).encode()
+    return compact_json(job_to_dict(job)).encode()
 
 
 def job_from_dict(data: Any) -> Job:
