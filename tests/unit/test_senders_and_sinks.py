@@ -35,14 +35,6 @@ VERIFY = SmsJob(
 )
 
 
-@pytest.fixture
-def smtp_sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    sink = SmtpSink("127.0.0.1", 0, tmp_path / "email.jsonl", delay=0)
-    sink.start()
-    yield sink
-    sink.stop()
-
-
 def email_sender(port: int) -> SmtpEmailSender:
     return SmtpEmailSender("127.0.0.1", port, mail_from="offload@example.com", timeout=2.0)
 

@@ -15,7 +15,7 @@ import pytest
 from app.jobs import EmailJob
 from app.senders import PermanentSendError, TransientSendError
 from devstack.sinks.smtp import SmtpSink
-from services.email import SmtpEmailSender
+from services.email import SmtpEmailSender, build_message
 
 JOB = EmailJob(notification_id="n1", to="ada@example.com", subject="Hi", text="Hello\n.hidden\n")
 OK = "250 ok"
@@ -23,11 +23,23 @@ OK = "250 ok"
 
 class ScriptedServer:
     """One SMTP session on a thread: greet, answer EHLO, then read the whole envelope (three
-    lines) before answering it with `envelope_replies`. If DATA is accepted, read to the lone
-    dot and answer `end_reply`. What arrived is kept in `received`."""
+    lines; with `chunking`, the third a BDAT followed by the octets it announces) before
+    answering it with `envelope_replies`. If DATA is accepted, read to the lone dot and answer
+    `end_reply`. What arrived is kept in `received`."""
 
-    def __init__(self, *, pipelining: bool, envelope_replies: tuple[str, str, str], end_reply=OK):
-        self.extensions = ["SIZE 1000000", *(["PIPELINING"] if pipelining else [])]
+    def __init__(
+        self,
+        *,
+        pipelining: bool,
+        envelope_replies: tuple[str, str, str],
+        end_reply=OK,
+        chunking: bool = False,
+    ):
+        self.extensions = [
+            "SIZE 1000000",
+            *(["PIPELINING"] if pipelining else []),
+            *(["CHUNKING"] if chunking else []),
+        ]
         self.envelope_replies = envelope_replies
         self.end_reply = end_reply
         self.received: list[bytes] = []
@@ -51,6 +63,8 @@ class ScriptedServer:
                 reply(f"250 {self.extensions[-1]}")
                 envelope = [lines.readline() for _ in range(3)]
                 self.received.extend(envelope)
+                if envelope[2].startswith(b"BDAT "):
+                    self.received.append(lines.read(int(envelope[2].split()[1])))
                 reply(*self.envelope_replies)
                 if self.envelope_replies[2].startswith("354"):
                     body = b""
@@ -144,3 +158,29 @@ def test_the_sink_offers_pipelining_and_a_dotted_line_arrives_intact(tmp_path: P
         sender.close()
         sink.stop()
     assert [record["text"] for record in sink.records()] == [JOB.text, JOB.text]
+
+
+def test_with_chunking_the_message_goes_with_the_envelope_in_one_bdat(scripted):
+    server = send_to(
+        scripted, pipelining=True, chunking=True, envelope_replies=(OK, OK, "250 2.0.0 accepted")
+    )
+
+    mail, rcpt, bdat, message = server.received[1:]
+    assert mail.startswith(b"MAIL FROM:<me@example.com> SIZE=")
+    assert rcpt == b"RCPT TO:<ada@example.com>\r\n"
+    assert bdat == b"BDAT %d LAST\r\n" % len(message)
+    # BDAT counts octets: a line starting with a dot goes as it is, and no lone dot ends it.
+    assert b"\r\n.hidden\r\n" in message and not message.endswith(b"\r\n.\r\n")
+    assert message == build_message(JOB, "me@example.com")
+
+
+@pytest.mark.parametrize(
+    ("replies", "code"),
+    [
+        ((OK, "550 5.1.1 no such user", "554 5.5.1 no valid recipients"), "550"),
+        ((OK, OK, "552 5.3.4 message too big"), "552"),
+    ],
+)
+def test_with_chunking_a_refusal_is_classified_by_its_code(scripted, replies, code):
+    with pytest.raises(PermanentSendError, match=code):
+        send_to(scripted, pipelining=True, chunking=True, envelope_replies=replies)
