@@ -218,7 +218,7 @@ class _SinkSmtp(SMTP):
         if not last_text:
             await self.push(f"250 2.0.0 {size_text} octets received")
             return
-        content = b"".join(self._chunks)
+        content, self._chunks = b"".join(self._chunks), []
         self.envelope.original_content = self.envelope.content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]

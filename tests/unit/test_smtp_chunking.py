@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.jobs import EmailJob
-from devstack.sinks.smtp import SmtpSink
+from devstack.sinks.records import RecordFile, read_records
+from devstack.sinks.smtp import RecordingSmtpHandler, SmtpSink, _BindingController
 from services.email import SmtpEmailSender
 
 JOB = EmailJob(notification_id="n1", to="ada@example.com", subject="Hi", text="Hello\n.hidden\n")
@@ -97,3 +98,25 @@ def test_a_sink_without_chunking_does_not_know_bdat(tmp_path: Path):
             assert client.docmd("BDAT", "0 LAST")[0] == 500
     finally:
         sink.stop()
+
+
+def test_chunks_over_the_size_limit_are_read_refused_and_not_kept(tmp_path: Path):
+    records = RecordFile(tmp_path / "email.jsonl")
+    controller = _BindingController(
+        RecordingSmtpHandler(records, delay=0), hostname="127.0.0.1", port=0, data_size_limit=100
+    )
+    controller.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", controller.port, timeout=5) as client:
+            client.ehlo()
+            client.mail("me@example.com")
+            client.rcpt("ada@example.com")
+            client.send(b"BDAT 60\r\n" + b"x" * 60)
+            assert client.getreply()[0] == 250
+            client.send(b"BDAT 60 LAST\r\n" + b"y" * 60)  # 120 octets in all: over the limit
+            assert client.getreply()[0] == 552
+            assert client.noop()[0] == 250  # every octet was read: the session is in step
+    finally:
+        controller.stop()
+        records.close()
+    assert read_records(records.path) == []
