@@ -3,7 +3,8 @@
 Threading model (under gevent): the main greenlet owns the pika connection and both channels
 and is the only one that touches them. Deliveries go onto a local queue. A claiming greenlet
 takes everything waiting there and claims it in one transaction, then starts one greenlet per
-send (at most `concurrency` at once). A recording greenlet takes every finished send and
+send (at most `concurrency` sent and not yet recorded at once: so many at most can go out twice
+if the process dies). A recording greenlet takes every finished send and
 records them in one transaction. Under load both batches grow by themselves, so the ledger
 costs a fraction of a millisecond per job; with one job at a time it is one claim and one
 record. Verdicts go back with `add_callback_threadsafe`, which wakes the main greenlet to
@@ -111,7 +112,12 @@ class Consumer:
         self.params = cluster_parameters(amqp_url, name=f"offload-consumer-{channel}")
         self._work: gevent.queue.Queue[Delivery] = gevent.queue.Queue()
         self._results: gevent.queue.Queue[tuple[Delivery, Any]] = gevent.queue.Queue()
+        # A slot is taken before a send and given back once its result is recorded, not when
+        # the send ends: a message the server accepted and the ledger has not yet recorded is
+        # sent again if this process dies, and the slots bound how many there can be
+        # (`concurrency`) whatever the sends' speed and the record's linger.
         self._send_slots = gevent.lock.BoundedSemaphore(concurrency)
+        self._sending = 0  # sends under way (their slots held, no result yet)
         # Delivery tags received on the current connection and not yet acked or nacked.
         self._unsettled: set[int] = set()
         self._in_flight = 0
@@ -253,11 +259,15 @@ class Consumer:
                 self._hand_over(settled_now)
 
     def _send(self, delivery: Delivery, claim: Any) -> None:
+        self._sending += 1
         try:
             with self._job_seconds.time():
                 result = self.handler.send(claim)  # never raises: errors are results
+        except BaseException:
+            self._send_slots.release()  # nothing to record: the broker redelivers the job
+            raise
         finally:
-            self._send_slots.release()
+            self._sending -= 1
         self._results.put((delivery, result))
 
     def _record_loop(self) -> None:
@@ -265,7 +275,7 @@ class Consumer:
         while True:
             finished: list[tuple[Delivery, Any]] = _take_batch(
                 self._results,
-                linger=RECORD_LINGER_SECONDS if self._send_slots.counter < self.concurrency else 0,
+                linger=RECORD_LINGER_SECONDS if self._sending else 0,
                 limit=None,
             )
             try:
@@ -278,6 +288,9 @@ class Consumer:
                 log.exception("recording %d %s results failed", len(finished), self.channel_name)
                 retry = Retry(self.policy.delay_after(1), f"could not record the result: {exc!r}")
                 verdicts = [retry] * len(finished)
+            finally:
+                for _finished in finished:
+                    self._send_slots.release()
             self._hand_over(
                 [
                     (delivery, verdict)

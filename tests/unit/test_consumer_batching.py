@@ -9,6 +9,7 @@ come together mean a load at which waiting gathers more into one transaction.
 from __future__ import annotations
 
 import gevent
+import gevent.event
 import pika
 
 import services.consumer as consumer_module
@@ -97,3 +98,44 @@ def test_deliveries_older_than_every_unsettled_one_are_acked_with_one_frame():
     consumer._ack([4, 6, 7])
     assert channel.acks[-1:] == [(7, True)]
     assert consumer._unsettled == set()
+
+
+class SlowRecordingHandler:
+    """Claims every job, sends at once, and records only when `recorded` is set."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.recorded = gevent.event.Event()
+
+    def claim(self, bodies):
+        return ["claimed"] * len(bodies)
+
+    def send(self, claim):
+        self.sent += 1
+        return "sent"
+
+    def record(self, results):
+        self.recorded.wait()
+        return [Ack() for _ in results]
+
+
+def test_sends_the_ledger_has_not_recorded_keep_their_slots(monkeypatch):
+    # A message the server accepted and the ledger has not recorded goes out again if the
+    # consumer dies: however fast the sends, there are never more of them than the slots.
+    real_take = consumer_module._take_batch
+
+    def take(queue, *, linger, limit):
+        return real_take(queue, linger=0, limit=limit)
+
+    monkeypatch.setattr(consumer_module, "_take_batch", take)
+    handler = SlowRecordingHandler()
+    consumer = consumer_with(handler)  # type: ignore[arg-type]
+    for tag in range(1, 3 * consumer.concurrency + 1):
+        consumer._work.put(Delivery(0, tag, b"{}", pika.BasicProperties()))
+    loops = [gevent.spawn(consumer._claim_loop), gevent.spawn(consumer._record_loop)]
+    gevent.sleep(0.05)
+    assert handler.sent == consumer.concurrency  # the rest wait for the record
+    handler.recorded.set()
+    gevent.sleep(0.05)
+    assert handler.sent == 3 * consumer.concurrency
+    gevent.killall(loops)
