@@ -133,9 +133,19 @@ def test_sends_the_ledger_has_not_recorded_keep_their_slots(monkeypatch):
     for tag in range(1, 3 * consumer.concurrency + 1):
         consumer._work.put(Delivery(0, tag, b"{}", pika.BasicProperties()))
     loops = [gevent.spawn(consumer._claim_loop), gevent.spawn(consumer._record_loop)]
-    gevent.sleep(0.05)
-    assert handler.sent == consumer.concurrency  # the rest wait for the record
-    handler.recorded.set()
-    gevent.sleep(0.05)
-    assert handler.sent == 3 * consumer.concurrency
-    gevent.killall(loops)
+    try:
+        _run_until(lambda: handler.sent >= consumer.concurrency)
+        gevent.sleep(0.02)  # room for any send past the slots to start
+        assert handler.sent == consumer.concurrency  # the rest wait for the record
+        handler.recorded.set()
+        _run_until(lambda: handler.sent == 3 * consumer.concurrency)
+    finally:
+        gevent.killall(loops)
+
+
+def _run_until(condition, turns: int = 1000) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        gevent.sleep(0.001)
+    raise AssertionError("the loops did not get there")

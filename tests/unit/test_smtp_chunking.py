@@ -84,7 +84,9 @@ def test_a_bdat_whose_size_cannot_be_read_ends_the_session(smtp_sink: SmtpSink):
         client.mail("me@example.com")
         client.rcpt("ada@example.com")
         assert client.docmd("BDAT", "lots LAST")[0] == 501
-        with pytest.raises(smtplib.SMTPServerDisconnected):
+        # The server hung up: the next command finds the connection gone, whichever way the
+        # socket reports it.
+        with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError)):
             client.noop()
 
 
