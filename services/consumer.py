@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -273,8 +273,9 @@ class Consumer:
     def _record_loop(self) -> None:
         """Record every finished send in one transaction, then hand the verdicts over."""
         while True:
+            self._results.peek()  # a result is in: the linger is decided from now on
             finished: list[tuple[Delivery, Any]] = _take_batch(
-                self._results, linger=self._record_linger, limit=None
+                self._results, linger=self._record_linger(), limit=None
             )
             try:
                 verdicts: list[Verdict] = self.handler.record(
@@ -297,7 +298,7 @@ class Consumer:
             )
 
     def _record_linger(self) -> float:
-        """The record's wait for company, asked once a result is in: RECORD_LINGER_SECONDS
+        """The record's wait for company, once a result is in: RECORD_LINGER_SECONDS
         while other sends are under way, unless every slot is taken. The claims then wait for
         the slots this record gives back, and the linger would hold every new send back as long:
         one process with 10 sends of 50 ms at once drained 150 jobs a second so, 180 without
@@ -417,19 +418,16 @@ class Consumer:
 T = TypeVar("T")
 
 
-def _take_batch(
-    queue: gevent.queue.Queue[T], *, linger: float | Callable[[], float], limit: int | None
-) -> list[T]:
+def _take_batch(queue: gevent.queue.Queue[T], *, linger: float, limit: int | None) -> list[T]:
     """Wait for one item, then take every item waiting (at most `limit`).
 
-    Group commit: with `linger` seconds (0 when no other work is in flight; a function is asked
-    once the first item is in) it first gives the items arriving alongside a moment, so one
-    transaction and one ack frame serve several jobs.
+    Group commit: with `linger` seconds (0 when no other work is in flight) it first gives
+    the items arriving alongside a moment, so one transaction and one ack frame serve several
+    jobs.
     """
     batch = [queue.get()]
-    wait = linger() if callable(linger) else linger
-    if wait:
-        gevent.sleep(wait)
+    if linger:
+        gevent.sleep(linger)
     while (limit is None or len(batch) < limit) and not queue.empty():
         batch.append(queue.get_nowait())
     return batch

@@ -169,9 +169,8 @@ def test_a_record_lingers_for_company_unless_every_slot_waits_for_it(monkeypatch
     real_take = consumer_module._take_batch
 
     def take(queue, *, linger, limit):
-        batch = real_take(queue, linger=0, limit=limit)  # the waits themselves are not timed
-        lingers.append(linger() if callable(linger) else linger)  # asked once one is in
-        return batch
+        lingers.append(linger)
+        return real_take(queue, linger=0, limit=limit)  # the waits themselves are not timed
 
     monkeypatch.setattr(consumer_module, "_take_batch", take)
     handler = RecordingHandler()
