@@ -39,9 +39,8 @@ def consumer_with(handler: AckingHandler) -> Consumer:
     )
 
 
-def run_claims(monkeypatch, arrivals: list[int]) -> tuple[list[float], list[int]]:
-    """Feed the claim loop `arrivals` (deliveries put at once, one group per take) while
-    another send is in flight; return the linger each take was given, and the claims made."""
+def untimed_takes(monkeypatch) -> list[float]:
+    """Make the consumer's takes never wait; return the list of the lingers they were given."""
     lingers: list[float] = []
     real_take = consumer_module._take_batch
 
@@ -50,6 +49,13 @@ def run_claims(monkeypatch, arrivals: list[int]) -> tuple[list[float], list[int]
         return real_take(queue, linger=0, limit=limit)  # the waits themselves are not timed
 
     monkeypatch.setattr(consumer_module, "_take_batch", take)
+    return lingers
+
+
+def run_claims(monkeypatch, arrivals: list[int]) -> tuple[list[float], list[int]]:
+    """Feed the claim loop `arrivals` (deliveries put at once, one group per take) while
+    another send is in flight; return the linger each take was given, and the claims made."""
+    lingers = untimed_takes(monkeypatch)
     handler = AckingHandler()
     consumer = consumer_with(handler)
     consumer._in_flight = 1  # a send of an earlier delivery is still running
@@ -122,12 +128,7 @@ class SlowRecordingHandler:
 def test_sends_the_ledger_has_not_recorded_keep_their_slots(monkeypatch):
     # A message the server accepted and the ledger has not recorded goes out again if the
     # consumer dies: however fast the sends, there are never more of them than the slots.
-    real_take = consumer_module._take_batch
-
-    def take(queue, *, linger, limit):
-        return real_take(queue, linger=0, limit=limit)
-
-    monkeypatch.setattr(consumer_module, "_take_batch", take)
+    untimed_takes(monkeypatch)
     handler = SlowRecordingHandler()
     consumer = consumer_with(handler)  # type: ignore[arg-type]
     for tag in range(1, 3 * consumer.concurrency + 1):
@@ -165,14 +166,7 @@ def test_a_record_lingers_for_company_unless_every_slot_waits_for_it(monkeypatch
     # sends finishing alongside (one transaction for several); with every one taken, the claims
     # are waiting for it, and the wait would hold each new send back as long: a consumer with
     # 10 sends of 50 ms drained 150 jobs a second that way, 180 without.
-    lingers: list[float] = []
-    real_take = consumer_module._take_batch
-
-    def take(queue, *, linger, limit):
-        lingers.append(linger)
-        return real_take(queue, linger=0, limit=limit)  # the waits themselves are not timed
-
-    monkeypatch.setattr(consumer_module, "_take_batch", take)
+    lingers = untimed_takes(monkeypatch)
     handler = RecordingHandler()
     consumer = consumer_with(handler)  # type: ignore[arg-type]
     loop = gevent.spawn(consumer._record_loop)
