@@ -133,15 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--diagnostics-duration",
         type=_non_negative,
         default=d.diagnostics_duration,
-        help=f"seconds for the paced delivery-lag probe and for each consumers-paused slice; "
-        f"0 skips both (default {d.diagnostics_duration:g})",
+        help=f"seconds for the paced delivery-lag probe, each paced baseline and each "
+        f"consumers-paused slice; 0 skips them (default {d.diagnostics_duration:g})",
     )
     parser.add_argument(
         "--lag-rate",
         type=_positive,
         default=None,
-        help="pace of the delivery-lag probe in requests a second (default: the rate parallel "
-        "mode reached at one client)",
+        help="pace of the delivery-lag probe and the paced baselines in requests a second "
+        "(default: the rate parallel mode reached at one client)",
     )
     parser.add_argument(
         "--burst",

@@ -1,5 +1,6 @@
-"""The measured parts of a run, each on the running session: the sweep, the lag probe, queued
-mode with the consumers paused, and the web server without TCP_NODELAY. (The burst and the
+"""The measured parts of a run, each on the running session: the sweep, the lag probe, the
+baselines paced at parallel mode's rate, queued mode with the consumers paused, and the web
+server without TCP_NODELAY. (The burst and the
 Celery peer are parts too, in bench/burst.py and bench/peer.py.)
 """
 
@@ -9,7 +10,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from app.config import BASELINE_MODE
 from bench.aggregate import Slice, aggregate
+from bench.protocol import NOOP
 from bench.stats import summarize
 
 if TYPE_CHECKING:
@@ -52,6 +55,35 @@ def run_lag_probe(session: BenchSession, parallel_rps: float | None) -> dict[str
     point = aggregate([piece])[0]
     point["rate"] = round(rate, 2)
     return point
+
+
+def run_paced_baselines(session: BenchSession, parallel_rps: float | None) -> list[dict[str, Any]]:
+    """noop and insert-only at one client, paced at the rate parallel mode managed.
+
+    The sweep's baselines run back to back, so each request finds the code it runs still warm
+    and the processes awake. Each parallel request comes after its sends left the machine idle
+    for the sinks' delay: its code runs cold, and every process it wakes has to be woken. These
+    are the baselines under the same pace, so the report can say how much of parallel's time
+    over the textbook is that rather than the sends (the c=1 parallel target keeps its bound
+    from the back-to-back figure).
+    """
+    options = session.options
+    if options.diagnostics_duration <= 0:
+        return []
+    rate = options.lag_rate or parallel_rps or 10.0
+    slices = []
+    for mode in (NOOP, BASELINE_MODE):
+        if mode not in options.modes:
+            continue
+        piece = session.run_slice(mode, 1, options.diagnostics_duration, rate=rate)
+        slices.append(piece)
+        session.progress(
+            f"[paced baseline {session.elapsed()}] paced at {rate:.1f}/s {describe_slice(piece)}"
+        )
+    points = aggregate(slices)
+    for point in points:
+        point["rate"] = round(rate, 2)
+    return points
 
 
 def run_with_consumers_paused(session: BenchSession) -> list[dict[str, Any]]:

@@ -128,6 +128,7 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
             f"{_ms(delivery['both']['p99'], 0)} ms to receipt (request p50 "
             f"{_ms(probe['latency_ms']['p50'], 0)} ms, {probe['requests']} requests)",
         ]
+    lines += paced_baselines(results)
     paused = results.get("consumers_paused") or []
     if paused:
         lines += [
@@ -152,6 +153,30 @@ def diagnostics(results: dict[str, Any]) -> list[str]:
                     f"         the web's threads: {shares['running']:.0%} on a CPU, "
                     f"{shares['waiting']:.0%} waiting for one, {shares['asleep']:.0%} asleep"
                 )
+    return lines
+
+
+def paced_baselines(results: dict[str, Any]) -> list[str]:
+    paced = results.get("paced_baselines") or []
+    if not paced:
+        return []
+    lines = [
+        "",
+        f"one client paced at {paced[0]['rate']:g} req/s (parallel mode's rate): each request "
+        "comes after the machine idled, as each parallel",
+        "request's does after its sends; in the sweep these run back to back, their code warm",
+    ]
+    for point in paced:
+        swept = find_point(results["points"], point["mode"], 1)
+        line = (
+            f"  {point['mode']:<12} p50 {_ms(point['latency_ms']['p50'], 0)} ms (back to back "
+            f"{_ms(swept['latency_ms']['p50'] if swept else None, 0)} ms)"
+        )
+        db = point["server_ms"].get("db")
+        if db is not None:
+            swept_db = swept["server_ms"].get("db") if swept else None
+            line += f"; its transaction {_ms(db, 0)} ms (back to back {_ms(swept_db, 0)} ms)"
+        lines.append(line)
     return lines
 
 

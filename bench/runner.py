@@ -11,8 +11,9 @@ Order of a run (every part bounded; every process ours and stopped at the end):
    another (drift and after-effects hit all alike); after a queued slice the run waits until
    the sinks have every message (the delivery lag) and the consumers have recorded every job
    (so the CPU they spent on that slice's jobs is inside its sample);
-3. the extras on that server: the paced lag probe, queued with the consumers paused, each mode
-   at c=1 without TCP_NODELAY (python wsgi.py only), the burst (bench/burst.py);
+3. the extras on that server: the paced lag probe, noop and insert-only paced the same way,
+   queued with the consumers paused, each mode at c=1 without TCP_NODELAY (python wsgi.py
+   only), the burst (bench/burst.py);
 4. the same sweep again with the web as each other server of `--servers` (by default the
    Procfile's gunicorn line, 2 gevent workers);
 5. the Celery peer (bench/peer.py), at the sink delay and at 0 ms.
@@ -59,6 +60,7 @@ from bench.aggregate import (
 from bench.driver import LoadGenerator
 from bench.parts import (
     run_lag_probe,
+    run_paced_baselines,
     run_sweep,
     run_with_consumers_paused,
     run_without_nodelay,
@@ -92,8 +94,8 @@ class BenchOptions:
     modes: tuple[str, ...] = MODES
     nodelay: bool = True  # False: the whole run without TCP_NODELAY on the server
     nagle_duration: float = 3.0  # per mode at concurrency 1 without TCP_NODELAY; 0 skips
-    diagnostics_duration: float = 3.0  # lag probe and consumers-paused slices; 0 skips
-    lag_rate: float | None = None  # the lag probe's pace; None: parallel mode's c=1 rate
+    diagnostics_duration: float = 3.0  # each paced or consumers-paused slice; 0 skips
+    lag_rate: float | None = None  # the paced parts' pace; None: parallel mode's c=1 rate
     burst_requests: int = 2000  # 0 skips
     burst_concurrency: int = 100
     peer_jobs: int = 1000  # per side; 0 skips
@@ -466,6 +468,7 @@ def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
                 points = aggregate(sweeps[primary])
                 parallel = find_point(points, "parallel", 1)
                 lag_probe = run_lag_probe(session, parallel["rps"] if parallel else None)
+                paced = run_paced_baselines(session, parallel["rps"] if parallel else None)
                 paused = run_with_consumers_paused(session)
                 nagle = run_without_nodelay(session) if primary == "wsgi" else []
                 burst = (
@@ -523,6 +526,7 @@ def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
         ],
         "nagle": aggregate(nagle),
         "lag_probe": lag_probe,
+        "paced_baselines": paced,
         "consumers_paused": paused,
         "queue_depth": queue_depth,
         "slices": windows,

@@ -180,6 +180,13 @@ def test_diagnostics_paced_lag_and_consumers_paused(bench_run):
     assert probe["rate"] == pytest.approx(parallel["rps"], rel=0.01)
     assert probe["delivery_ms"]["undelivered"] == 0
     assert probe["delivery_ms"]["both"]["n"] > 0
+    paced = results["paced_baselines"]
+    assert [(p["mode"], p["concurrency"]) for p in paced] == [("noop", 1), ("insert-only", 1)]
+    for point in paced:
+        assert point["rate"] == probe["rate"]
+        assert point["errors"] == 0 and point["requests"] > 0
+    assert "db" in paced[1]["server_ms"]
+    assert "(parallel mode's rate)" in results["report"]
     paused = results["consumers_paused"]
     assert [(p["mode"], p["concurrency"], p["consumers"]) for p in paused] == [
         ("queued", 1, "paused"),

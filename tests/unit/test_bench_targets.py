@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.report import paced_baselines
 from bench.stalls import LogLineCounter
 from bench.targets import evaluate
 
@@ -80,6 +81,33 @@ def test_a_miss_on_the_second_shape_is_its_own():
     for key in ("stalls", "queued-vs-serial", "order-p50", "order-rps", "consumer-cpu"):
         assert statuses[f"{key}@gunicorn"] == "MISS", key
         assert statuses[key] == "PASS", key
+
+
+def test_the_paced_baselines_are_shown_beside_the_parallel_bound_not_judged():
+    run = results(sweep("gunicorn"))
+    # parallel 60 ms against 50 + insert-only's 3 ms back to back: +13.2%, a miss
+    parallel = next(t for t in evaluate(run) if t["key"] == "parallel")
+    assert parallel["status"] == "MISS"
+    assert "paced" not in parallel["measured"]
+    assert paced_baselines(run) == []
+
+    run["paced_baselines"] = [
+        point("wsgi", "noop", 1, rate=16.7, latency_ms={"p50": 1.6}),
+        point("wsgi", "insert-only", 1, rate=16.7, latency_ms={"p50": 6.0}, server_ms={"db": 2.1}),
+    ]
+    parallel = next(t for t in evaluate(run) if t["key"] == "parallel")
+    assert parallel["status"] == "MISS"  # the bound stays the back-to-back one
+    assert (
+        "insert-only paced at parallel's rate 6.00 ms: 50 + 6.00 = 56.0 ms (+7.1%)"
+        in parallel["measured"]
+    )
+    lines = paced_baselines(run)
+    assert "16.7 req/s" in lines[1]
+    assert lines[3] == "  noop         p50 1.60 ms (back to back 1.00 ms)"
+    assert lines[4] == (
+        "  insert-only  p50 6.00 ms (back to back 3.00 ms); its transaction 2.10 ms "
+        "(back to back - ms)"
+    )
 
 
 def test_stall_lines_are_counted_once_each_even_when_split(tmp_path):
