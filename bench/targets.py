@@ -193,6 +193,19 @@ def sweep_targets(
             text = None if value is None else f"{value:.0f} req/s"
         return f"; with the consumers paused: {text}" if text else ""
 
+    def paced_note() -> str:
+        # Shown, not judged: both at one client paced at parallel's rate (bench/parts.py), so
+        # the consumers keep up and neither runs back to back.
+        probe = results.get("lag_probe") if first else None
+        insert = _p50(results.get("paced_baselines") or [], "insert-only", 1)
+        queued = probe["latency_ms"]["p50"] if probe else None
+        if queued is None or insert is None:
+            return ""
+        return (
+            f"; paced at parallel's rate: {queued:.2f} ms vs insert-only {insert:.2f} ms "
+            f"({queued - insert:+.2f} ms)"
+        )
+
     # -- CPU, from /proc, at the highest level --------------------------------------------------
     insert_cpu = _cpu(points, "insert-only", high, "web")
     queued_cpu = _cpu(points, "queued", high, "web")
@@ -312,7 +325,7 @@ def sweep_targets(
             queued - insert <= QUEUED_EXTRA_P50_MS,
             f"{queued:.2f} ms vs {insert:.2f} + {QUEUED_EXTRA_P50_MS:g} = "
             f"{insert + QUEUED_EXTRA_P50_MS:.2f} ms: {queued - insert:+.2f} ms"
-            f"{detail}{paused_note(low, 'p50')}",
+            f"{detail}{paused_note(low, 'p50')}{paced_note()}",
         )
     else:
         add("queued", title, None, "not measured")

@@ -83,7 +83,7 @@ def test_a_miss_on_the_second_shape_is_its_own():
         assert statuses[key] == "PASS", key
 
 
-def test_the_paced_baselines_are_shown_beside_the_parallel_bound_not_judged():
+def test_the_paced_figures_are_shown_beside_the_one_client_bounds_not_judged():
     run = results(sweep("gunicorn"))
     # parallel 60 ms against 50 + insert-only's 3 ms back to back: +13.2%, a miss
     parallel = next(t for t in evaluate(run) if t["key"] == "parallel")
@@ -101,6 +101,14 @@ def test_the_paced_baselines_are_shown_beside_the_parallel_bound_not_judged():
         "insert-only paced at parallel's rate 6.00 ms: 50 + 6.00 = 56.0 ms (+7.1%)"
         in parallel["measured"]
     )
+    # queued at one client: 4 ms against 3 back to back; the lag probe ran at the same pace
+    run["lag_probe"] = point("wsgi", "queued", 1, rate=16.7, latency_ms={"p50": 7.1})
+    statuses = {t["key"]: t for t in evaluate(run)}
+    assert statuses["queued"]["status"] == "PASS"
+    assert statuses["queued"]["measured"].endswith(
+        "; paced at parallel's rate: 7.10 ms vs insert-only 6.00 ms (+1.10 ms)"
+    )
+    assert "paced" not in statuses["queued@gunicorn"]["measured"]  # paced on the first only
     lines = paced_baselines(run)
     assert "16.7 req/s" in lines[1]
     assert lines[3] == "  noop         p50 1.60 ms (back to back 1.00 ms)"
