@@ -1,7 +1,7 @@
 """The measured parts of a run, each on the running session: the sweep, the lag probe, the
 baselines paced at parallel mode's rate, queued mode with the consumers paused, and the web
-server without TCP_NODELAY. (The burst and the
-Celery peer are parts too, in bench/burst.py and bench/peer.py.)
+server without TCP_NODELAY. (The burst and the Celery peer are parts too, in bench/burst.py
+and bench/peer.py.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bench.protocol import NOOP
 from bench.stats import summarize
 
 if TYPE_CHECKING:
-    from bench.runner import BenchSession
+    from bench.runner import BenchOptions, BenchSession
 
 
 def rotated(modes: Sequence[str], by: int) -> list[str]:
@@ -41,13 +41,18 @@ def run_sweep(session: BenchSession) -> list[Slice]:
     return slices
 
 
+def paced_rate(options: BenchOptions, parallel_rps: float | None) -> float:
+    """The one-client pace of the paced parts: `--lag-rate`, else what parallel mode reached."""
+    return options.lag_rate or parallel_rps or 10.0
+
+
 def run_lag_probe(session: BenchSession, parallel_rps: float | None) -> dict[str, Any] | None:
     """Queued mode at one client, paced at the rate parallel mode managed: the delivery lag
     when the consumers are not behind, for a fair comparison with parallel mode's answer."""
     options = session.options
     if options.diagnostics_duration <= 0:
         return None
-    rate = options.lag_rate or parallel_rps or 10.0
+    rate = paced_rate(options, parallel_rps)
     piece = session.run_slice("queued", 1, options.diagnostics_duration, rate=rate)
     session.progress(
         f"[lag probe {session.elapsed()}] paced at {rate:.1f}/s {describe_slice(piece)}"
@@ -70,7 +75,7 @@ def run_paced_baselines(session: BenchSession, parallel_rps: float | None) -> li
     options = session.options
     if options.diagnostics_duration <= 0:
         return []
-    rate = options.lag_rate or parallel_rps or 10.0
+    rate = paced_rate(options, parallel_rps)
     slices = []
     for mode in (NOOP, BASELINE_MODE):
         if mode not in options.modes:
