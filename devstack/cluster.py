@@ -265,8 +265,8 @@ class Cluster:
     def start_sinks(self) -> None:
         sink_dir = self.run_dir / "sinks"
         sink_dir.mkdir(parents=True, exist_ok=True)
-        ports = {"smtp": self.config.smtp_port or free_port(), "sms": self.config.sms_port}
-        ports["sms"] = ports["sms"] or free_port()
+        # 0: each sink picks a free port as it binds; the environment reads the real one.
+        ports = {"smtp": self.config.smtp_port, "sms": self.config.sms_port}
         kinds: tuple[Literal["smtp", "sms"], ...] = ("smtp", "sms")
         for kind in kinds:
             self.sinks[kind] = start_sink_process(

@@ -42,7 +42,7 @@ class StackConfig:
     web_port: int = 8000
     amqp_port: int = 5673
     amqp_dist_port: int | None = None
-    smtp_port: int = 1025
+    smtp_port: int = 1025  # 0: the sink picks a free port as it binds (see `on_free_ports`)
     sms_port: int = 1026
     sink_delay_ms: float = 50.0
     sink_failure_rate: float = 0.0
@@ -58,12 +58,14 @@ class StackConfig:
 
     @classmethod
     def on_free_ports(cls, run_dir: Path, **overrides: object) -> StackConfig:
+        # The sinks bind port 0 and report the port they got: a port picked here and bound
+        # later may be taken meanwhile (an outgoing connection draws from the same range).
         ports = {
             "web_port": free_port(),
             "amqp_port": free_port(),
             "amqp_dist_port": free_port(),
-            "smtp_port": free_port(),
-            "sms_port": free_port(),
+            "smtp_port": 0,
+            "sms_port": 0,
         }
         return cls(run_dir=run_dir, **{**ports, **overrides})  # type: ignore[arg-type]
 
@@ -95,14 +97,21 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.config.web_port}"
 
+    def sink_port(self, kind: Literal["smtp", "sms"]) -> int:
+        """The port the sink listens on once started (the configured one may be 0)."""
+        sink = self.sinks.get(kind)
+        if sink is not None:
+            return sink.port
+        return self.config.smtp_port if kind == "smtp" else self.config.sms_port
+
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             DATABASE_URL=self.database_url,
             AMQP_URL=self.amqp_url,
             SMTP_HOST="127.0.0.1",
-            SMTP_PORT=str(self.config.smtp_port),
-            SMS_GATEWAY_URL=f"http://127.0.0.1:{self.config.sms_port}/messages",
+            SMTP_PORT=str(self.sink_port("smtp")),
+            SMS_GATEWAY_URL=f"http://127.0.0.1:{self.sink_port('sms')}/messages",
             HOST="127.0.0.1",
             PORT=str(self.config.web_port),
             BASE_URL=self.base_url,
@@ -162,7 +171,7 @@ class Stack:
                 timeout_rate=self.config.sink_timeout_rate if kind == "sms" else 0.0,
             )
         self.say(
-            f"SMTP sink on :{self.config.smtp_port}, SMS gateway sink on :{self.config.sms_port} "
+            f"SMTP sink on :{self.sink_port('smtp')}, SMS gateway sink on :{self.sink_port('sms')} "
             f"({self.config.sink_delay_ms:g} ms each)"
         )
 
