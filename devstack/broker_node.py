@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.sinks.process import free_port
+from devstack.sinks.process import ephemeral_port_range, free_port
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -52,8 +52,12 @@ class RabbitNode:
         self.plugins = plugins
         self.extra_conf = extra_conf
         self.cookie = cookie
-        # RabbitMQ's own default is port + 20000, which overflows for high (free) ports.
-        self.dist_port = dist_port or (port + 20000 if port + 20000 <= 65535 else free_port())
+        # RabbitMQ's own default is port + 20000: for a port `free_port` picked, that lands in
+        # the ephemeral range (any outgoing connection may hold it) or past 65535.
+        conventional = port + 20000
+        self.dist_port = dist_port or (
+            conventional if conventional < ephemeral_port_range()[0] else free_port()
+        )
         self.nodename = f"offload{port}@localhost"
         self.pid_file = self.base_dir / "rabbit.pid"
         self.log_dir = self.base_dir / "log"

@@ -58,8 +58,9 @@ class StackConfig:
 
     @classmethod
     def on_free_ports(cls, run_dir: Path, **overrides: object) -> StackConfig:
-        # The sinks bind port 0 and report the port they got: a port picked here and bound
-        # later may be taken meanwhile (an outgoing connection draws from the same range).
+        # The sinks bind port 0 and report the port they got. The web and the broker are
+        # handed ports picked ahead, from below the range outgoing connections draw from
+        # (`free_port`), so only another server's bind could take one meanwhile.
         ports = {
             "web_port": free_port(),
             "amqp_port": free_port(),

@@ -6,6 +6,10 @@ then start each sink on its pick. Anything that binds meanwhile (an outgoing con
 handed ephemeral ports from the same range) made the sink exit with "Address already in use",
 and a CI run lost its integration stack that way. The sinks now pick their own port and report
 it; the stack hands the web and the workers the ports the sinks really listen on.
+
+The ports still picked ahead (the web's, RabbitMQ's, PostgreSQL's, the tests' own servers')
+come from below the kernel's ephemeral range, which no outgoing connection is handed a port
+from, and one process is never handed the same one twice.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import devstack.stack
+from devstack.sinks.process import free_port
 from devstack.stack import Stack, StackConfig
 
 
@@ -48,3 +53,16 @@ def test_sinks_come_up_when_the_port_picked_for_them_is_taken_before_they_bind(
     finally:
         for sink in stack.sinks.values():
             sink.stop()
+
+
+def test_ports_picked_ahead_are_ones_no_outgoing_connection_is_handed() -> None:
+    # A port from the ephemeral range may be handed to any outgoing connection (the broker's
+    # node to epmd, a test's client) between the pick and the bind; one below it may not.
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    picked = [free_port() for _ in range(50)]
+    assert all(1024 <= port < lowest_ephemeral for port in picked), picked
+    # A caller picks several before binding any (the stack: web, broker, its distribution).
+    assert len(set(picked)) == len(picked)
+    for port in picked[:5]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+            server.bind(("127.0.0.1", port))  # free when picked
