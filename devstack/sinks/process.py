@@ -94,10 +94,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     to every outgoing connection, so one picked there (as binding port 0 does) may be taken by
     any client between the pick and the server's bind, and a CI run lost a stack that way. Below
     it, only another program's explicit bind can take it. One process is never handed the same
-    port twice: callers pick several before binding any.
+    port twice: callers pick several before binding any. Where the range leaves no room below
+    it, the kernel picks, as before.
     """
     lowest_ephemeral, _highest = ephemeral_port_range()
     first = max(MIN_PICKED_PORT, lowest_ephemeral - PICKED_PORT_SPAN)
+    if first >= lowest_ephemeral:
+        return _any_free_port(host)
     candidates = [port for port in range(first, lowest_ephemeral) if port not in _handed_out]
     random.shuffle(candidates)
     for port in candidates:
@@ -109,6 +112,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         _handed_out.add(port)
         return port
     raise OSError(f"no free port between {first} and {lowest_ephemeral - 1}")
+
+
+def _any_free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 # The span just below the ephemeral range, clear of the low ports of the services a developer

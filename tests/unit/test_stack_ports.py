@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import devstack.sinks.process
 import devstack.stack
 from devstack.sinks.process import free_port
 from devstack.stack import Stack, StackConfig
@@ -66,3 +67,12 @@ def test_ports_picked_ahead_are_ones_no_outgoing_connection_is_handed() -> None:
     for port in picked[:5]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
             server.bind(("127.0.0.1", port))  # free when picked
+
+
+def test_a_port_is_still_found_where_the_ephemeral_range_leaves_no_room_below_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(devstack.sinks.process, "ephemeral_port_range", lambda: (1024, 65535))
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", port))
