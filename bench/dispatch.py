@@ -44,7 +44,8 @@ from app.registration import Registration, register_user
 from app.topology import connection_parameters
 from bench.sinkwatch import RecordTail
 from bench.users import UserFactory
-from devstack.sinks.process import free_port, start_sink_process
+from devstack.ports import free_port
+from devstack.sinks.process import start_sink_process
 from devstack.stack import Stack, StackConfig
 
 SLOW_PREFIX = "slow-"

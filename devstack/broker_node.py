@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.sinks.process import ephemeral_port_range, free_port
+from devstack.ports import ephemeral_port_range, free_port
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"

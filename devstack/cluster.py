@@ -34,9 +34,10 @@ from typing import IO, Literal
 from app.config import load_settings_or_exit
 from devstack import PROJECT_ROOT
 from devstack.broker_node import BrokerNodeError, RabbitNode
+from devstack.ports import free_port
 from devstack.postgres import PostgresError, PostgresServer
 from devstack.processes import terminate, watch_until_stopped
-from devstack.sinks.process import SinkProcess, free_port, start_sink_process
+from devstack.sinks.process import SinkProcess, start_sink_process
 
 DEPLOY = PROJECT_ROOT / "deploy"
 NGINX = "/usr/sbin/nginx"

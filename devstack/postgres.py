@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 
-from devstack.sinks.process import free_port
+from devstack.ports import free_port
 
 
 class PostgresError(RuntimeError):

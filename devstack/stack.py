@@ -26,8 +26,9 @@ from app.config import load_settings_or_exit, variables_set
 from app.migrate import upgrade
 from devstack import PROJECT_ROOT
 from devstack.broker_node import BrokerNodeError, RabbitNode
+from devstack.ports import free_port
 from devstack.processes import terminate, watch_until_stopped
-from devstack.sinks.process import SinkProcess, free_port, start_sink_process
+from devstack.sinks.process import SinkProcess, start_sink_process
 
 READY_TIMEOUT = 30.0
 
@@ -58,9 +59,10 @@ class StackConfig:
 
     @classmethod
     def on_free_ports(cls, run_dir: Path, **overrides: object) -> StackConfig:
-        # The sinks bind port 0 and report the port they got. The web and the broker are
-        # handed ports picked ahead, from below the range outgoing connections draw from
-        # (`free_port`), so only another server's bind could take one meanwhile.
+        # The sinks are given 0: each binds a free port itself and reports it. The web and
+        # the broker are handed ports picked ahead. Both kinds come from below the range
+        # outgoing connections draw from (devstack/ports.py), so only another server's bind
+        # could take one meanwhile, or between a sink's restart and its successor's bind.
         ports = {
             "web_port": free_port(),
             "amqp_port": free_port(),

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # the harness (devstack) and the message contract
 
 from app.jobs import CHANNELS, work_queue  # noqa: E402
 from devstack.broker_node import RabbitNode, rabbitmq_installed  # noqa: E402
-from devstack.sinks.process import free_port  # noqa: E402
+from devstack.ports import free_port  # noqa: E402
 
 SHIPPED = {"app", "services", "migrations", "wsgi.py"}
 MUST_SHIP = [

@@ -9,7 +9,6 @@ a CPU-bound interpreter with the thing it measures.
 from __future__ import annotations
 
 import os
-import random
 import re
 import select
 import socket
@@ -85,56 +84,6 @@ class SinkProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now, for a server started later.
-
-    It is drawn from below the kernel's ephemeral range: the kernel hands ports from that range
-    to every outgoing connection, so one picked there (as binding port 0 does) may be taken by
-    any client between the pick and the server's bind, and a CI run lost a stack that way. Below
-    it, only another program's explicit bind can take it. One process is never handed the same
-    port twice: callers pick several before binding any. Where the range leaves no room below
-    it, the kernel picks, as before.
-    """
-    lowest_ephemeral, _highest = ephemeral_port_range()
-    first = max(MIN_PICKED_PORT, lowest_ephemeral - PICKED_PORT_SPAN)
-    if first >= lowest_ephemeral:
-        return _any_free_port(host)
-    candidates = [port for port in range(first, lowest_ephemeral) if port not in _handed_out]
-    random.shuffle(candidates)
-    for port in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise OSError(f"no free port between {first} and {lowest_ephemeral - 1}")
-
-
-def _any_free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-# The span just below the ephemeral range, clear of the low ports of the services a developer
-# may run (PostgreSQL's 5432, RabbitMQ's 5672); one that listens is refused by the probe.
-MIN_PICKED_PORT = 10000
-PICKED_PORT_SPAN = 12000
-_handed_out: set[int] = set()
-
-
-def ephemeral_port_range() -> tuple[int, int]:
-    """The ports the kernel hands outgoing connections (Linux's default where it cannot say)."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
 
 
 def start_sink_process(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import time
 import uuid
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import gevent
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
+from devstack.ports import bind_listener
 from devstack.sinks.records import Record, RecordFile, read_records
 
 MAX_BODY_BYTES = 64 * 1024
@@ -254,19 +254,16 @@ class SmsGatewaySink:
         """Listen on host:port (port 0 picks a free one, then `.port` says which)."""
         if self._server is not None:
             raise RuntimeError("SMS gateway sink already running")
+        # Accepted sockets inherit TCP_NODELAY: pywsgi writes headers and body separately.
+        listener = bind_listener(self.host, self.port)
         server = WSGIServer(
-            (self.host, self.port),
+            listener,
             self.app,
-            backlog=1024,
             log=None,
             handler_class=_UnloggedHandler,
             # Set, so pywsgi does not look the name up with getfqdn().
             environ={"SERVER_NAME": self.host},
         )
-        server.init_socket()
-        # pywsgi writes headers and body separately; with Nagle on, a keep-alive client waits
-        # ~40 ms for the body behind its own delayed ACK. Accepted sockets inherit the option.
-        server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server.start()
         self._server = server
         self.port = int(server.server_port)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 import time
 from collections.abc import Awaitable
 from email import message_from_bytes
@@ -27,6 +26,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
+from devstack.ports import bind_listener
 from devstack.sinks.records import Record, RecordFile, read_records
 
 TRANSIENT_FAILURE_REPLY = "451 4.3.0 sink failure (injected)"
@@ -276,25 +276,6 @@ class _BindingController(Controller):
 
     def factory(self) -> SMTP:
         return _SinkSmtp(self.handler, chunking=self.chunking, **self.SMTP_kwargs)
-
-
-def bind_listener(host: str, port: int) -> socket.socket:
-    """A listening TCP socket whose accepted connections send small writes at once."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only when it does, and
-    # without it the multi-line EHLO reply stalls ~40 ms on Nagle plus the client's delayed ACK.
-    listener = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        listener.bind(address)
-        listener.listen(1024)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
 
 
 class SmtpSink:

@@ -24,7 +24,8 @@ import pytest
 import requests
 
 from devstack import PROJECT_ROOT
-from devstack.sinks.process import free_port, start_sink_process
+from devstack.ports import free_port
+from devstack.sinks.process import start_sink_process
 from tests.browser.test_registration_journey import (
     CHROMIUM,
     CHROMIUM_ARGS,

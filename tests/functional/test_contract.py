@@ -29,8 +29,9 @@ import pytest
 import requests
 
 from devstack import PROJECT_ROOT
+from devstack.ports import free_port
 from devstack.processes import terminate
-from devstack.sinks.process import free_port, start_sink_process
+from devstack.sinks.process import start_sink_process
 
 pytestmark = pytest.mark.slow
 

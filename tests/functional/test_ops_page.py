@@ -10,7 +10,7 @@ import pytest
 import webtest
 
 from app import create_app
-from devstack.sinks.process import free_port
+from devstack.ports import free_port
 from tests.integration.helpers import unique_user
 
 TOKEN = "an-operator-token-for-tests"

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.events import REQUEST_HOLDER
 from app.models import Event, Notification
 from devstack import PROJECT_ROOT
-from devstack.sinks.process import free_port
+from devstack.ports import free_port
 from tests.integration.helpers import assert_delivered_once, register
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import re
 import pytest
 import requests
 
-from devstack.sinks.process import free_port
+from devstack.ports import free_port
 from tests.integration.helpers import assert_delivered_once, register, wait_for
 
 pytestmark = pytest.mark.integration

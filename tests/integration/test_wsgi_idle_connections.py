@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from devstack import PROJECT_ROOT
-from devstack.sinks.process import free_port
+from devstack.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ import requests
 
 from app.jobs import EmailJob, SmsJob
 from app.senders import PermanentSendError, TransientSendError
-from devstack.sinks.process import SinkProcess, free_port, start_sink_process
+from devstack.ports import free_port
+from devstack.sinks.process import SinkProcess, start_sink_process
 from devstack.sinks.records import RecordFile, read_records
 from devstack.sinks.smtp import SmtpSink
 from services.email import SmtpEmailSender

@@ -7,9 +7,10 @@ handed ephemeral ports from the same range) made the sink exit with "Address alr
 and a CI run lost its integration stack that way. The sinks now pick their own port and report
 it; the stack hands the web and the workers the ports the sinks really listen on.
 
-The ports still picked ahead (the web's, RabbitMQ's, PostgreSQL's, the tests' own servers')
-come from below the kernel's ephemeral range, which no outgoing connection is handed a port
-from, and one process is never handed the same one twice.
+Every port, picked ahead (the web's, RabbitMQ's, PostgreSQL's, the tests' own servers') or by
+a sink as it binds, comes from below the kernel's ephemeral range (devstack/ports.py), which no
+outgoing connection is handed a port from, and one process is never handed the same one twice:
+a sink restarted on its port (the fault tests, the soaks) finds it free.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-import devstack.sinks.process
+import devstack.ports
 import devstack.stack
-from devstack.sinks.process import free_port
+from devstack.ports import free_port
 from devstack.stack import Stack, StackConfig
 
 
@@ -72,7 +73,24 @@ def test_ports_picked_ahead_are_ones_no_outgoing_connection_is_handed() -> None:
 def test_a_port_is_still_found_where_the_ephemeral_range_leaves_no_room_below_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(devstack.sinks.process, "ephemeral_port_range", lambda: (1024, 65535))
+    monkeypatch.setattr(devstack.ports, "ephemeral_port_range", lambda: (1024, 65535))
     port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", port))
+
+
+def test_a_sink_left_to_pick_its_port_takes_one_a_restart_can_bind_again(tmp_path: Path) -> None:
+    # `restart_sink` (the fault tests, the soaks) stops a sink and starts its successor on the
+    # same port, which the workers were configured with. A port from the ephemeral range may be
+    # handed to an outgoing connection in between; one from below it may not.
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    stack = Stack(StackConfig.on_free_ports(tmp_path, amqp_url="amqp://127.0.0.1:5672/"))
+    try:
+        stack.start_sinks()
+        ports = {kind: sink.port for kind, sink in stack.sinks.items()}
+        assert all(port < lowest_ephemeral for port in ports.values()), ports
+        stack.restart_sink("sms", failure_rate=1.0)
+        assert stack.sinks["sms"].port == ports["sms"]
+    finally:
+        for sink in stack.sinks.values():
+            sink.stop()
