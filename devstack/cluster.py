@@ -267,11 +267,13 @@ class Cluster:
         sink_dir = self.run_dir / "sinks"
         sink_dir.mkdir(parents=True, exist_ok=True)
         # 0: each sink picks a free port as it binds; the environment reads the real one.
-        ports = {"smtp": self.config.smtp_port, "sms": self.config.sms_port}
-        kinds: tuple[Literal["smtp", "sms"], ...] = ("smtp", "sms")
-        for kind in kinds:
+        sinks: tuple[tuple[Literal["smtp", "sms"], int], ...] = (
+            ("smtp", self.config.smtp_port),
+            ("sms", self.config.sms_port),
+        )
+        for kind, port in sinks:
             self.sinks[kind] = start_sink_process(
-                kind, ports[kind], sink_dir / f"{kind}.jsonl", delay_ms=self.config.sink_delay_ms
+                kind, port, sink_dir / f"{kind}.jsonl", delay_ms=self.config.sink_delay_ms
             )
 
     def restart_sink(self, kind: Literal["smtp", "sms"], *, failure_rate: float = 0.0) -> None:

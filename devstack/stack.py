@@ -28,7 +28,7 @@ from devstack import PROJECT_ROOT
 from devstack.broker_node import BrokerNodeError, RabbitNode
 from devstack.ports import free_port
 from devstack.processes import terminate, watch_until_stopped
-from devstack.sinks.process import SinkProcess, start_sink_process
+from devstack.sinks.process import SinkProcess, gateway_url, start_sink_process
 
 READY_TIMEOUT = 30.0
 
@@ -114,7 +114,7 @@ class Stack:
             AMQP_URL=self.amqp_url,
             SMTP_HOST="127.0.0.1",
             SMTP_PORT=str(self.sink_port("smtp")),
-            SMS_GATEWAY_URL=f"http://127.0.0.1:{self.sink_port('sms')}/messages",
+            SMS_GATEWAY_URL=gateway_url("127.0.0.1", self.sink_port("sms")),
             HOST="127.0.0.1",
             PORT=str(self.config.web_port),
             BASE_URL=self.base_url,

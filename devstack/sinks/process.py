@@ -29,6 +29,11 @@ SinkKind = Literal["smtp", "sms"]
 _READY_LINE = re.compile(rb"listening on (\S+):(\d+)\b")
 
 
+def gateway_url(host: str, port: int) -> str:
+    """The URL HttpSmsSender posts to on the SMS gateway sink at host:port."""
+    return f"http://{host}:{port}/messages"
+
+
 class SinkStartError(RuntimeError):
     """The sink process exited, or did not listen, before the startup deadline."""
 
@@ -56,7 +61,7 @@ class SinkProcess:
     @property
     def messages_url(self) -> str:
         """For the SMS gateway: the URL HttpSmsSender posts to."""
-        return f"http://{self.host}:{self.port}/messages"
+        return gateway_url(self.host, self.port)
 
     def records(self) -> list[Record]:
         return read_records(self.record_path)
