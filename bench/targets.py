@@ -49,6 +49,18 @@ def _rps(points: Sequence[dict[str, Any]], mode: str, level: int) -> float | Non
     return None if point is None else point["rps"]
 
 
+def _by_round(points: Sequence[dict[str, Any]], over: str, under: str, level: int) -> str:
+    """Each round's ratio of two modes' req/s at `level`, to show beside the pooled one.
+
+    A round runs a level's modes back to back, so its two slices are seconds apart where the
+    rounds are most of a minute apart: how far the rounds disagree shows how much of a ratio
+    the machine moved while it was measured."""
+    top, bottom = find_point(points, over, level), find_point(points, under, level)
+    pairs = zip((top or {}).get("rounds") or [], (bottom or {}).get("rounds") or [], strict=False)
+    ratios = [a["rps"] / b["rps"] for a, b in pairs if a.get("rps") and b.get("rps")]
+    return f"; by round {', '.join(f'{r:.2f}x' for r in ratios)}" if len(ratios) > 1 else ""
+
+
 def _levels(points: Sequence[dict[str, Any]]) -> tuple[list[int], int, int]:
     levels = sorted({p["concurrency"] for p in points})
     low = 1 if 1 in levels else (levels[0] if levels else 1)
@@ -290,7 +302,8 @@ def sweep_targets(
             title,
             queued_rps >= QUEUED_OVER_SERIAL_RPS * serial_rps,
             f"{queued_rps:.0f} vs {QUEUED_OVER_SERIAL_RPS:g} x {serial_rps:.0f} = "
-            f"{QUEUED_OVER_SERIAL_RPS * serial_rps:.0f} req/s ({queued_rps / serial_rps:.2f}x)",
+            f"{QUEUED_OVER_SERIAL_RPS * serial_rps:.0f} req/s ({queued_rps / serial_rps:.2f}x"
+            f"{_by_round(points, 'queued', 'serial', high)})",
         )
     else:
         add("queued-vs-serial", title, None, "not measured")
@@ -302,8 +315,8 @@ def sweep_targets(
             title,
             queued_rps >= QUEUED_OVER_INSERT_RPS * insert_rps,
             f"{queued_rps:.0f} vs {QUEUED_OVER_INSERT_RPS:g} x {insert_rps:.0f} = "
-            f"{QUEUED_OVER_INSERT_RPS * insert_rps:.0f} req/s ({queued_rps / insert_rps:.2f}x)"
-            f"{paused_note(high, 'rps')}",
+            f"{QUEUED_OVER_INSERT_RPS * insert_rps:.0f} req/s ({queued_rps / insert_rps:.2f}x"
+            f"{_by_round(points, 'queued', 'insert-only', high)}){paused_note(high, 'rps')}",
         )
     else:
         add("throughput", title, None, "not measured")

@@ -127,3 +127,18 @@ def test_stall_lines_are_counted_once_each_even_when_split(tmp_path):
     with log.open("ab") as file:
         file.write(b'age": "the event loop was held for over 20 ms by y"}\nother\n')
     assert counter.count() == 2
+
+
+def test_the_throughput_ratios_show_each_round_beside_the_pooled_one():
+    run = results(sweep("gunicorn"))
+    rounds = {"queued": [300, 330, 420], "insert-only": [400, 420, 380], "serial": [100, 95, 105]}
+    for figures in run["points"]:
+        if figures["concurrency"] == 50 and figures["mode"] in rounds:
+            figures["rounds"] = [{"rps": rps, "p50": 1.0} for rps in rounds[figures["mode"]]]
+    targets = {target["key"]: target for target in evaluate(run)}
+    # Judged on the pooled figures (350 against 0.8 x 400, 3.5 x 100); the rounds only shown.
+    assert targets["throughput"]["status"] == targets["queued-vs-serial"]["status"] == "PASS"
+    assert "(0.88x; by round 0.75x, 0.79x, 1.11x)" in targets["throughput"]["measured"]
+    assert "(3.50x; by round 3.00x, 3.47x, 4.00x)" in targets["queued-vs-serial"]["measured"]
+    # gunicorn's made-up points have no rounds: nothing to show
+    assert "by round" not in targets["throughput@gunicorn"]["measured"]
