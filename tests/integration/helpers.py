@@ -1,12 +1,15 @@
-"""Small helpers for tests against the real stack: register over HTTP, wait, count deliveries."""
+"""Small helpers for tests against the real stack: register over HTTP, wait, count deliveries,
+a vhost of a test's own on the stack's broker."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
@@ -120,3 +123,26 @@ def wait_until_confirmed(stack: Any, users: list[dict[str, Any]], *, timeout: fl
         timeout=timeout,
         what="the broker's confirms to mark every job queued",
     )
+
+
+@contextmanager
+def own_vhost(stack: Any, prefix: str) -> Iterator[str]:
+    """A vhost of the test's own on the stack's node, deleted after; yields its AMQP URL."""
+    assert stack.node is not None
+    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    assert stack.node.ctl("add_vhost", vhost).returncode == 0
+    assert stack.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*").returncode == 0
+    try:
+        yield stack.amqp_url.rsplit("/", 1)[0] + f"/{vhost}"
+    finally:
+        stack.node.ctl("delete_vhost", vhost)
+
+
+def queue_arguments(stack: Any, vhost_url: str) -> dict[str, str]:
+    """Each queue's arguments in the vhost, as the broker lists them."""
+    listed = stack.node.ctl(
+        "list_queues", "-p", vhost_url.rsplit("/", 1)[1], "name", "arguments", "--formatter", "json"
+    )
+    assert listed.returncode == 0, listed.stderr
+    # rabbitmqctl's JSON shape for arguments varies by version: read them as text.
+    return {queue["name"]: json.dumps(queue["arguments"]) for queue in json.loads(listed.stdout)}

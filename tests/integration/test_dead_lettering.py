@@ -4,9 +4,7 @@ difference is still refused. Each test declares the topology in a vhost of its o
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -18,7 +16,7 @@ from app.events import USER_REGISTERED, encode_event, user_event
 from app.jobs import EVENTS_EXCHANGE, JOBS_EXCHANGE, PARKED_EXCHANGE, parked_queue, work_queue
 from app.topology import declare_topology
 from services.parked import list_parked
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import own_vhost, queue_arguments, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +25,8 @@ DELAYS = (2000,)
 
 @pytest.fixture
 def vhost_url(stack) -> Iterator[str]:
-    assert stack.node is not None
-    vhost = f"dead-letters-{uuid.uuid4().hex[:8]}"
-    assert stack.node.ctl("add_vhost", vhost).returncode == 0
-    assert stack.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*").returncode == 0
-    try:
-        yield stack.amqp_url.rsplit("/", 1)[0] + f"/{vhost}"
-    finally:
-        stack.node.ctl("delete_vhost", vhost)
+    with own_vhost(stack, "dead-letters") as url:
+        yield url
 
 
 def ready(channel, queue: str) -> int:
@@ -105,18 +97,7 @@ def test_a_work_queue_declared_before_the_routing_key_is_taken_with_a_warning(
         assert ready(channel, work_queue("email")) == 1
     finally:
         connection.close()
-    listed = stack.node.ctl(
-        "list_queues",
-        "-p",
-        vhost_url.rsplit("/", 1)[1],
-        "name",
-        "arguments",
-        "--formatter",
-        "json",
-    )
-    assert listed.returncode == 0, listed.stderr
-    # rabbitmqctl's JSON shape for arguments varies by version: read them as text.
-    arguments = {q["name"]: json.dumps(q["arguments"]) for q in json.loads(listed.stdout)}
+    arguments = queue_arguments(stack, vhost_url)
     assert "x-dead-letter-routing-key" not in arguments[work_queue("email")]
     assert "x-dead-letter-routing-key" in arguments[work_queue("sms")]
 

@@ -4,9 +4,6 @@ parked jobs land in their queue."""
 
 from __future__ import annotations
 
-import json
-import uuid
-
 import gevent
 import pika
 import pytest
@@ -14,7 +11,7 @@ import pytest
 from app.jobs import PARKED_EXCHANGE, EmailJob, encode_job, parked_queue, retry_queue, work_queue
 from app.messaging import PikaPublisher
 from app.topology import declare_topology
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import own_vhost, queue_arguments, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +19,7 @@ DELAYS = (2000,)
 
 
 def test_quorum_topology_confirms_retries_and_parks(stack):
-    assert stack.node is not None
-    vhost = f"quorum-{uuid.uuid4().hex[:8]}"
-    assert stack.node.ctl("add_vhost", vhost).returncode == 0
-    assert stack.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*").returncode == 0
-    url = stack.amqp_url.rsplit("/", 1)[0] + f"/{vhost}"
-    try:
+    with own_vhost(stack, "quorum") as url:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         channel = connection.channel()
         declare_topology(channel, DELAYS, queue_type="quorum")
@@ -76,35 +68,21 @@ def test_quorum_topology_confirms_retries_and_parks(stack):
             what="the parked job",
         )
         connection.close()
-    finally:
-        stack.node.ctl("delete_vhost", vhost)
 
 
 def test_quorum_queues_dead_letter_at_least_once(stack):
     """Issue 10, item 11: a quorum queue that dead-letters (work queue to parked, retry queue
     back to work) does it at least once, which RabbitMQ allows with overflow reject-publish."""
-    assert stack.node is not None
-    vhost = f"quorum-dlx-{uuid.uuid4().hex[:8]}"
-    assert stack.node.ctl("add_vhost", vhost).returncode == 0
-    assert stack.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*").returncode == 0
-    url = stack.amqp_url.rsplit("/", 1)[0] + f"/{vhost}"
-    try:
+    with own_vhost(stack, "quorum-dlx") as url:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         declare_topology(connection.channel(), DELAYS, queue_type="quorum")
         connection.close()
-        listed = stack.node.ctl(
-            "list_queues", "-p", vhost, "name", "arguments", "--formatter", "json"
-        )
-        assert listed.returncode == 0, listed.stderr
-        # rabbitmqctl's JSON shape for arguments varies by version: read them as text.
-        arguments = {
-            queue["name"]: json.dumps(queue["arguments"]) for queue in json.loads(listed.stdout)
-        }
-        for name in ("email", "sms"):
-            for queue in (work_queue(name), retry_queue(name, DELAYS[0])):
-                assert '"x-dead-letter-strategy"' in arguments[queue], arguments[queue]
-                assert '"at-least-once"' in arguments[queue], arguments[queue]
-                assert '"x-overflow"' in arguments[queue], arguments[queue]
-                assert '"reject-publish"' in arguments[queue], arguments[queue]
-    finally:
-        stack.node.ctl("delete_vhost", vhost)
+        arguments = queue_arguments(stack, url)
+    for name in ("email", "sms"):
+        for queue in (work_queue(name), retry_queue(name, DELAYS[0])):
+            assert '"x-dead-letter-strategy"' in arguments[queue], arguments[queue]
+            assert '"at-least-once"' in arguments[queue], arguments[queue]
+            assert '"x-overflow"' in arguments[queue], arguments[queue]
+            assert '"reject-publish"' in arguments[queue], arguments[queue]
+    # The classic queue version is a classic queue's argument only.
+    assert not [queue for queue, text in arguments.items() if "x-queue-version" in text]

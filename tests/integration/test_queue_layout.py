@@ -1,0 +1,111 @@
+"""Classic queues are declared in RabbitMQ's version 2 layout, and one an older version declared
+in version 1 is taken as it is, with a warning. Each test declares the topology in a vhost of
+its own."""
+
+from __future__ import annotations
+
+import logging
+
+import pika
+import pytest
+
+from app.jobs import JOBS_EXCHANGE, PARKED_EXCHANGE, parked_queue, retry_queue, work_queue
+from app.topology import declare_topology
+from tests.integration.helpers import own_vhost, queue_arguments
+
+pytestmark = pytest.mark.integration
+
+DELAYS = (2000,)
+
+
+def backing_queue_version(stack, vhost_url: str, queue: str) -> int:
+    """The layout the queue actually runs in, as the broker reports it (not its arguments)."""
+    vhost = vhost_url.rsplit("/", 1)[1]
+    reported = stack.node.ctl(
+        "eval",
+        f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, <<"{queue}">>)), '
+        "[{backing_queue_status, S}] = rabbit_amqqueue:info(Q, [backing_queue_status]), "
+        "proplists:get_value(version, S).",
+    )
+    assert reported.returncode == 0, reported.stderr
+    return int(reported.stdout.strip())
+
+
+def test_every_classic_queue_is_declared_in_the_version_2_layout(stack):
+    with own_vhost(stack, "layout") as url:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            declare_topology(connection.channel(), DELAYS)
+        finally:
+            connection.close()
+        arguments = queue_arguments(stack, url)
+        assert backing_queue_version(stack, url, work_queue("email")) == 2
+        assert backing_queue_version(stack, url, retry_queue("sms", DELAYS[0])) == 2
+    assert len(arguments) == 6  # work, retry and parking queue of each channel
+    for queue, listed in arguments.items():
+        assert '"x-queue-version"' in listed, (queue, listed)
+
+
+def test_a_queue_declared_in_the_version_1_layout_is_taken_with_a_warning(stack, caplog):
+    """What an older version declared (its arguments as they were, without a version) stays
+    as it is: the work queue, a retry queue and the parking queue of the email channel."""
+    earlier = {
+        work_queue("email"): {
+            "x-queue-type": "classic",
+            "x-dead-letter-exchange": PARKED_EXCHANGE,
+            "x-dead-letter-routing-key": "email",
+        },
+        retry_queue("email", DELAYS[0]): {
+            "x-queue-type": "classic",
+            "x-message-ttl": DELAYS[0],
+            "x-dead-letter-exchange": JOBS_EXCHANGE,
+            "x-dead-letter-routing-key": "email",
+        },
+        parked_queue("email"): {"x-queue-type": "classic"},
+    }
+    with own_vhost(stack, "layout-v1") as url:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            channel = connection.channel()
+            for queue, queue_arguments_then in earlier.items():
+                channel.queue_declare(queue, durable=True, arguments=queue_arguments_then)
+            with caplog.at_level(logging.WARNING, logger="app.topology"):
+                declare_topology(channel, DELAYS)
+            # The channel still works and the old work queue is bound as before.
+            channel.confirm_delivery()
+            channel.basic_publish(JOBS_EXCHANGE, "email", b"{}", mandatory=True)
+            assert channel.queue_declare(work_queue("email"), passive=True).method.message_count
+        finally:
+            if connection.is_open:
+                connection.close()
+        arguments = queue_arguments(stack, url)
+        assert backing_queue_version(stack, url, work_queue("email")) == 1
+        assert backing_queue_version(stack, url, work_queue("sms")) == 2
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "app.topology" and "x-queue-version" in r.getMessage()
+    ]
+    assert sorted(message.split()[1] for message in warned) == sorted(earlier)
+    for queue in earlier:
+        assert '"x-queue-version"' not in arguments[queue], arguments[queue]
+    assert '"x-queue-version"' in arguments[work_queue("sms")]
+
+
+def test_a_queue_with_another_version_is_still_refused(stack):
+    """Only a missing version is an older declaration; a different one is somebody's choice."""
+    with own_vhost(stack, "layout-other") as url:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            channel = connection.channel()
+            channel.queue_declare(
+                parked_queue("email"),
+                durable=True,
+                arguments={"x-queue-type": "classic", "x-queue-version": 1},
+            )
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+                declare_topology(channel, DELAYS)
+            assert refused.value.reply_code == 406
+        finally:
+            if connection.is_open:
+                connection.close()
