@@ -28,10 +28,11 @@ from app.jobs import (
 
 log = logging.getLogger(__name__)
 
-# Classic queues in RabbitMQ's version 2 layout (3.10 and later): it takes in a persistent
-# message for about 40% less of the broker's CPU than version 1, and that intake is most of
-# what a queued registration costs the broker while the load lasts (docs/performance-history.md,
-# "Since 8ed5d7a"). An argument rather than a policy, so a new broker needs no setup.
+# Classic queues in RabbitMQ's version 2 layout (3.10 and later; the default since 3.13 and the
+# only one since 4.3). It takes in a persistent message for less of the broker's CPU than version
+# 1 (10-40% less, by the hour: `python -m bench.broker_intake`), and that intake is most of what
+# a queued registration costs the broker while the load lasts; delivering it costs a little
+# more, once the load has eased. An argument rather than a policy, so a new broker needs no setup.
 CLASSIC_QUEUE_VERSION = 2
 
 
@@ -131,8 +132,8 @@ WITHOUT = {
         "sweeper sends its rows again). Drain and delete the queue to have it declared anew."
     ),
     "x-queue-version": (
-        "it keeps RabbitMQ's version 1 layout, which takes in each message for some 60% more "
-        "of the broker's CPU. A policy with `queue-version: 2` converts it in place."
+        "it keeps RabbitMQ's version 1 layout, which takes in each message for more of the "
+        "broker's CPU. A policy with `queue-version: 2` converts it in place."
     ),
 }
 
