@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import cpu
+from bench.cpu import CpuSample
 from bench.protocol import NOOP, LoadResult
 from bench.stats import finite_or_none, summarize
 
@@ -39,7 +39,11 @@ class Slice:
     depth_peak: dict[str, int] = field(default_factory=dict)
     # CPU seconds per part of the stack over the whole slice (warm-up, and for queued mode the
     # drain, included), and how many requests that covers; None where /proc is missing.
-    cpu: cpu.CpuSample | None = None
+    cpu: CpuSample | None = None
+    # ... over the load alone (warm-up and measured window; no drain): what each part spent
+    # while the requests came, which is what bounds how many come (queued mode's jobs mostly
+    # wait in the broker until after it)
+    cpu_load: CpuSample | None = None
     server: str = "wsgi"  # the web's shape, a key of SERVERS
     # the web's serving threads over the load (warm-up and measured window): seconds on a CPU,
     # seconds waiting for one, and the thread-seconds spanned (cpu.sched_difference)
@@ -116,6 +120,7 @@ def aggregate(slices: Sequence[Slice]) -> list[dict[str, Any]]:
             "queue_depth_peak": None,
             "outbox_fallbacks": sum(p.fallbacks for p in pieces),
             "cpu": cpu_per_request(pieces),
+            "cpu_load": cpu_per_request(pieces, load_only=True),
             "web_threads": web_thread_shares(pieces),
             "hub_stalls": None
             if any(p.stalls is None for p in pieces)
@@ -140,10 +145,12 @@ def aggregate(slices: Sequence[Slice]) -> list[dict[str, Any]]:
     return points
 
 
-def cpu_per_request(pieces: Sequence[Slice]) -> dict[str, Any] | None:
-    """ms of CPU per request for each part, and how busy the machine was, over the slices."""
-    samples = [p.cpu for p in pieces if p.cpu is not None]
-    requests = sum(len(p.result.start) for p in pieces if p.cpu is not None)
+def cpu_per_request(pieces: Sequence[Slice], *, load_only: bool = False) -> dict[str, Any] | None:
+    """ms of CPU per request for each part, and how busy the machine was, over the slices
+    (with `load_only`, over their load alone)."""
+    taken = [(p, p.cpu_load if load_only else p.cpu) for p in pieces]
+    samples = [sample for _p, sample in taken if sample is not None]
+    requests = sum(len(p.result.start) for p, sample in taken if sample is not None)
     if not samples or not requests:
         return None
     parts = {part for s in samples for part in s.seconds}

@@ -192,12 +192,14 @@ class BenchSession:
         web_before = cpu.sched_sample(web, time.monotonic())
         result = self.load(spec)
         web_after = cpu.sched_sample(web, time.monotonic())
+        during_load = cpu.difference(before, self.cpu_sample())
         expected_status = 200 if mode == NOOP else 201
         measured = result.measured()
         ok = [i for i in measured if result.status[i] == expected_status]
         piece = Slice(mode, concurrency, bool(self.stack.config.tcp_nodelay), result, measured, ok)
         piece.server = self.server
         piece.web_sched = cpu.sched_difference(web_before, web_after)
+        piece.cpu_load = during_load
         if mode == "queued" and deliver:
             self.measure_delivery(piece, expected_status)
             self.wait_recorded()

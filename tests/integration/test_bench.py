@@ -208,6 +208,23 @@ def test_cpu_per_request_by_part(bench_run):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_cpu_while_the_load_lasted_is_part_of_the_whole(bench_run):
+    """The second CPU table counts each slice's load without the drain after it: for every
+    part it can only be less than the first, and the report shows it at the highest level."""
+    results, _out, _argv = bench_run
+    for points in (results["points"], results["other_servers"][0]["points"]):
+        for point in points:
+            require(point["cpu_load"] is not None, "per-process CPU figures from /proc")
+            whole = point["cpu"]["ms_per_request"]
+            for part, during in point["cpu_load"]["ms_per_request"].items():
+                assert during <= whole[part] + 0.002, (point["mode"], part, during, whole[part])
+        queued = find_point(points, "queued", max(LEVELS))
+        assert queued["cpu_load"]["ms_per_request"]["web"] > 0
+    assert f"c={max(LEVELS)}: CPU per request while the load lasted" in results["report"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_what_the_web_did_during_the_load(bench_run):
     results = bench_run[0]
     for points in (results["points"], results["other_servers"][0]["points"]):
