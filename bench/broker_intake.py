@@ -25,8 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -57,18 +56,6 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@contextmanager
-def vhost_of_its_own(node: RabbitNode, name: str) -> Iterator[str]:
-    for args in (("add_vhost", name), ("set_permissions", "-p", name, "guest", ".*", ".*", ".*")):
-        done = node.ctl(*args)
-        if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {args[0]}: {done.stderr.strip()}")
-    try:
-        yield node.amqp_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        node.ctl("delete_vhost", name)
-
-
 def declare_work_queues_in_version_1(url: str) -> None:
     """The work queues as Offload declared them before a3877b9 (no `x-queue-version`)."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -86,19 +73,6 @@ def declare_work_queues_in_version_1(url: str) -> None:
             )
     finally:
         connection.close()
-
-
-def layout_of(node: RabbitNode, vhost: str, queue: str) -> int:
-    """The layout the queue runs in, as the broker reports it."""
-    reported = node.ctl(
-        "eval",
-        f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, <<"{queue}">>)), '
-        "[{backing_queue_status, S}] = rabbit_amqqueue:info(Q, [backing_queue_status]), "
-        "proplists:get_value(version, S).",
-    )
-    if reported.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl eval: {reported.stderr.strip()}")
-    return int(reported.stdout.strip())
 
 
 def publish_events(url: str, count: int) -> None:
@@ -168,12 +142,12 @@ def measure(node: RabbitNode, layout: int, count: int, round_: int) -> tuple[flo
     if node_pid is None:
         raise RuntimeError("the node wrote no PID file")
     vhost = f"intake-v{layout}-{round_}"
-    with vhost_of_its_own(node, vhost) as url:
+    with node.vhost(vhost) as url:
         if layout == 1:
             declare_work_queues_in_version_1(url)
         publish_events(url, 100)  # declares the topology and warms the path up
         drain(url, 100)
-        running = {layout_of(node, vhost, work_queue(name)) for name in CHANNELS}
+        running = {node.queue_layout(vhost, work_queue(name)) for name in CHANNELS}
         if running != {layout}:
             raise RuntimeError(f"asked for layout {layout}, the work queues run in {running}")
         intake = broker_ms_per_event(node_pid, count, lambda: publish_events(url, count))

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from devstack.ports import ephemeral_port_range, free_port
@@ -117,6 +118,35 @@ class RabbitNode:
 
     def is_running(self) -> bool:
         return self.ctl("status", timeout=30).returncode == 0
+
+    def _ctl_or_raise(self, *args: str) -> str:
+        done = self.ctl(*args)
+        if done.returncode != 0:
+            raise BrokerNodeError(f"rabbitmqctl {args[0]}: {done.stderr.strip()}")
+        return done.stdout
+
+    @contextlib.contextmanager
+    def vhost(self, name: str) -> Iterator[str]:
+        """A vhost for guest, deleted afterwards; yields its AMQP URL."""
+        self._ctl_or_raise("add_vhost", name)
+        try:
+            self._ctl_or_raise("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+            yield self.amqp_url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            self.ctl("delete_vhost", name)
+
+    def queue_layout(self, vhost: str, queue: str) -> int:
+        """The version of the layout a classic queue runs in, as the broker reports it (not
+        what its arguments asked for)."""
+        return int(
+            self._ctl_or_raise(
+                "eval",
+                f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
+                f'<<"{queue}">>)), '
+                "[{backing_queue_status, S}] = rabbit_amqqueue:info(Q, [backing_queue_status]), "
+                "proplists:get_value(version, S).",
+            ).strip()
+        )
 
     def start(self, *, timeout: float = START_TIMEOUT) -> None:
         """Start the node and return once it accepts connections."""

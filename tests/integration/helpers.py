@@ -129,13 +129,8 @@ def wait_until_confirmed(stack: Any, users: list[dict[str, Any]], *, timeout: fl
 def own_vhost(stack: Any, prefix: str) -> Iterator[str]:
     """A vhost of the test's own on the stack's node, deleted after; yields its AMQP URL."""
     assert stack.node is not None
-    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    assert stack.node.ctl("add_vhost", vhost).returncode == 0
-    assert stack.node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*").returncode == 0
-    try:
-        yield stack.amqp_url.rsplit("/", 1)[0] + f"/{vhost}"
-    finally:
-        stack.node.ctl("delete_vhost", vhost)
+    with stack.node.vhost(f"{prefix}-{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 def queue_arguments(stack: Any, vhost_url: str) -> dict[str, str]:

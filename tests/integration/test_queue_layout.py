@@ -19,16 +19,7 @@ DELAYS = (2000,)
 
 
 def backing_queue_version(stack, vhost_url: str, queue: str) -> int:
-    """The layout the queue actually runs in, as the broker reports it (not its arguments)."""
-    vhost = vhost_url.rsplit("/", 1)[1]
-    reported = stack.node.ctl(
-        "eval",
-        f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, <<"{queue}">>)), '
-        "[{backing_queue_status, S}] = rabbit_amqqueue:info(Q, [backing_queue_status]), "
-        "proplists:get_value(version, S).",
-    )
-    assert reported.returncode == 0, reported.stderr
-    return int(reported.stdout.strip())
+    return stack.node.queue_layout(vhost_url.rsplit("/", 1)[1], queue)
 
 
 def test_every_classic_queue_is_declared_in_the_version_2_layout(stack):
