@@ -9,8 +9,9 @@ Order of a run (every part bounded; every process ours and stopped at the end):
    concurrency level, and at each level every mode for `--duration / --rounds` seconds after
    `--warmup`; the mode order rotates each round so no mode always runs first or right after
    another (drift and after-effects hit all alike); after a queued slice the run waits until
-   the sinks have every message (the delivery lag) and the consumers have recorded every job
-   (so the CPU they spent on that slice's jobs is inside its sample);
+   the sinks have every message (the delivery lag), the consumers have recorded every job and
+   the relay has published the events those records wrote (so the CPU spent on that slice's
+   jobs is inside its sample); every slice starts with the work queues and the outbox empty;
 3. the extras on that server: the paced lag probe, noop and insert-only paced the same way,
    queued with the consumers paused, each mode at c=1 without TCP_NODELAY (python wsgi.py
    only), the burst (bench/burst.py);
@@ -203,6 +204,7 @@ class BenchSession:
         if mode == "queued" and deliver:
             self.measure_delivery(piece, expected_status)
             self.wait_recorded()
+            self.wait_published()
         piece.cpu = cpu.difference(before, self.cpu_sample())
         piece.relayed = self.relayed_count() - relayed_before
         if self.options.hub_block_ms > 0:
@@ -257,6 +259,31 @@ class BenchSession:
                 return 0
             if time.monotonic() >= deadline:
                 self.progress(f"warning: {left} jobs not recorded after {timeout:.0f}s")
+                return left
+            time.sleep(0.05)
+
+    def unpublished_events(self) -> int:
+        """Events the outbox still holds for the relay to publish."""
+        query = select(func.count()).select_from(Event).where(Event.status == "pending")
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def wait_published(self, timeout: float = RECORD_TIMEOUT) -> int:
+        """Until the relay has published every event in the outbox (bounded); return how many
+        are left.
+
+        Each recorded send writes a `notification.sent` event, so when a queued slice's jobs are
+        all recorded the relay still has hundreds to publish (250-1,070 after a 2-s c=50 slice
+        on a stack of its own, gone 0.4-0.8 s later). Waiting for them puts the relay's and the
+        broker's part inside the queued slice's CPU sample, and out of the next slice.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.unpublished_events()
+            if not left:
+                return 0
+            if time.monotonic() >= deadline:
+                self.progress(f"warning: {left} events not published after {timeout:.0f}s")
                 return left
             time.sleep(0.05)
 
@@ -322,14 +349,19 @@ class BenchSession:
         piece.depth_peak = window.peak()
 
     def wait_idle(self, timeout: float = IDLE_TIMEOUT) -> None:
-        """Until both work queues are empty (bounded): leftovers would load the next part."""
+        """Until both work queues and the outbox are empty (bounded): leftovers would load the
+        next part. (The outbox: the events of an inline mode's registrations, released to the
+        relay once their sends are recorded, and those of a part that did not wait for them.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             latest = self.poller.latest()
-            if latest and not any(latest.values()):
+            if latest and not any(latest.values()) and not self.unpublished_events():
                 return
             time.sleep(0.1)
-        self.progress(f"warning: queues not empty after {timeout:.0f}s: {self.poller.latest()}")
+        self.progress(
+            f"warning: not idle after {timeout:.0f}s: queues {self.poller.latest()}, "
+            f"{self.unpublished_events()} events not published"
+        )
 
     # -- the web server: its shape, and with or without TCP_NODELAY -------------------------
 
