@@ -106,6 +106,10 @@ def run_with_consumers_paused(session: BenchSession) -> list[dict[str, Any]]:
     consumers = [n for n in ("email", "sms") if n in session.stack.processes]
     slices = []
     for level in levels:
+        # Idle first: what the last part left still reaches the queues (the relay publishes
+        # released events), and a message that lands there once the consumers stopped would wait
+        # for them, and run_slice's own wait for empty queues with it, to its bound.
+        session.wait_idle()
         for name in consumers:
             session.stack.stop_process(name)
         try:
