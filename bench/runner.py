@@ -246,27 +246,35 @@ class BenchSession:
         The sinks have a message before its consumer records the send and acks: waiting for the
         ledger as well puts the CPU of every job a queued slice caused inside its sample.
         """
-        query = (
+        return self._wait_for_none(self.unrecorded_jobs, timeout, "jobs not recorded")
+
+    def unrecorded_jobs(self) -> int:
+        """Notifications no send has been recorded for yet (pending or queued)."""
+        return self._count(
             select(func.count())
             .select_from(Notification)
             .where(Notification.status.in_(("pending", "queued")))
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.engine.connect() as connection:
-                left = int(connection.execute(query).scalar_one())
-            if not left:
-                return 0
-            if time.monotonic() >= deadline:
-                self.progress(f"warning: {left} jobs not recorded after {timeout:.0f}s")
-                return left
-            time.sleep(0.05)
 
     def unpublished_events(self) -> int:
         """Events the outbox still holds for the relay to publish."""
-        query = select(func.count()).select_from(Event).where(Event.status == "pending")
+        return self._count(select(func.count()).select_from(Event).where(Event.status == "pending"))
+
+    def _count(self, query: Any) -> int:
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+    def _wait_for_none(self, count: Callable[[], int], timeout: float, what: str) -> int:
+        """Until `count()` is 0, or `timeout` seconds, when a warning says how many `what`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = count()
+            if not left:
+                return 0
+            if time.monotonic() >= deadline:
+                self.progress(f"warning: {left} {what} after {timeout:.0f}s")
+                return left
+            time.sleep(0.05)
 
     def wait_published(self, timeout: float = RECORD_TIMEOUT) -> int:
         """Until the relay has published every event in the outbox (bounded); return how many
@@ -277,15 +285,7 @@ class BenchSession:
         on a stack of its own, gone 0.4-0.8 s later). Waiting for them puts the relay's and the
         broker's part inside the queued slice's CPU sample, and out of the next slice.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            left = self.unpublished_events()
-            if not left:
-                return 0
-            if time.monotonic() >= deadline:
-                self.progress(f"warning: {left} events not published after {timeout:.0f}s")
-                return left
-            time.sleep(0.05)
+        return self._wait_for_none(self.unpublished_events, timeout, "events not published")
 
     def cpu_parts(self) -> dict[str, list[int]]:
         processes = self.stack.processes

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import insert, select, update
 
 from app.db import make_engine
@@ -65,29 +66,25 @@ def status_of(session: BenchSession, event_id: str) -> str:
         return str(connection.execute(select(Event.status).where(Event.id == event_id)).scalar())
 
 
-def test_the_next_slice_waits_for_the_outbox(database_url):
+@pytest.mark.parametrize(
+    "wait",
+    [
+        # Before every slice: the work queues (empty here) and the outbox.
+        lambda session: session.wait_idle(timeout=10),
+        # The end of a queued slice's drain, and of its CPU sample: the relay's part is in it.
+        lambda session: session.wait_published(timeout=10),
+    ],
+    ids=["before-a-slice", "after-a-queued-slice"],
+)
+def test_the_bench_waits_for_the_relay(database_url, wait):
     said: list[str] = []
     session = session_on(database_url, said)
     event_id = pending_event(database_url)
     relay = publish_later(database_url, event_id, after=0.3)
     try:
-        session.wait_idle(timeout=10)
+        wait(session)
         assert status_of(session, event_id) == "published"
-        assert not said  # no warning: it ended because the outbox was empty
-    finally:
-        relay.join()
-        session.close()
-
-
-def test_a_queued_slice_ends_once_the_relay_has_published_its_events(database_url):
-    """wait_published ends the queued slice's CPU sample: the relay's part belongs inside it."""
-    said: list[str] = []
-    session = session_on(database_url, said)
-    event_id = pending_event(database_url)
-    relay = publish_later(database_url, event_id, after=0.3)
-    try:
-        assert session.wait_published(timeout=10) == 0
-        assert status_of(session, event_id) == "published"
+        assert not said  # no warning: the wait ended because the outbox was empty
     finally:
         relay.join()
         session.close()
