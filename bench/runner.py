@@ -77,8 +77,9 @@ TEXTBOOK: dict[str, dict[str, float]] = {
     "parallel": {"ms": 100.0, "rps": 10.0},
     "queued": {"ms": 50.0, "rps": 20.0},
 }
-IDLE_TIMEOUT = 60.0  # waiting for the queues to empty before a part that needs them empty
-RECORD_TIMEOUT = 15.0  # waiting for the consumers to record the jobs the sinks already have
+IDLE_TIMEOUT = 60.0  # waiting for the queues and the outbox to empty before the next part
+RECORD_TIMEOUT = 15.0  # waiting for the consumers to record the jobs the sinks already have, and
+# then for the relay to publish the events those records wrote
 
 Progress = Callable[[str], None]
 
