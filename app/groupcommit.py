@@ -25,16 +25,16 @@ from collections.abc import Callable
 
 import gevent
 import gevent.event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from app.db import sqlite_file
+from app.db import EngineWrites, LockedSqliteWrites, sqlite_file
 
 # A transaction runs without yielding to the hub (SQLite's calls do not yield): at about
 # 0.3 ms of statements a registration, 24 hold it for well under the 20 ms the bench counts a
 # stall from. More waiting than that go in the next transaction, after the hub has had a turn.
 MAX_BATCH = 24
 
-Write = Callable[[Connection], bool]
+Write = Callable[[EngineWrites], bool]
 
 
 class GroupCommit:
@@ -89,7 +89,8 @@ class GroupCommit:
                     self._waiting[: self.max_batch],
                     self._waiting[self.max_batch :],
                 )
-                written = [rows(connection) for rows, _outcome in batch]
+                writes = LockedSqliteWrites(connection)  # the lock is taken: straight to SQLite
+                written = [rows(writes) for rows, _outcome in batch]
                 connection.commit()
         except BaseException as exc:
             if not batch:  # it failed before taking the batch: every waiter was in line for it

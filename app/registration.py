@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Insert, delete, insert, or_, select
-from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
-from app.db import database_now, upsert_insert
+from app.db import EngineWrites, database_now, upsert_insert
 from app.events import (
     EVENTS,
     REQUEST_HOLDER,
@@ -277,39 +276,39 @@ def register_user(
 
     sms = next(n for n in notifications if n.channel == "sms")
 
-    def write(connection: Connection) -> bool:
+    def write(writes: EngineWrites) -> bool:
         """The registration's rows; False, having written nothing, when a unique index refuses
         the user (its address or number is taken)."""
         user_row = _columns(user, USER_COLUMNS)
-        if (
-            connection.execute(_insert_user_unless_taken(connection.dialect.name), user_row).first()
-            is None
-        ):
+        if not writes.execute(_insert_user_unless_taken(writes.connection.dialect.name), user_row):
             return False
         if sms_budgets is not None:
             # Counted here, in the registration's own transaction: a refused registration
             # costs no budget, and no extra transaction is spent.
-            held = charge_sms(connection, sms_budgets, user.phone)
+            held = charge_sms(writes.connection, sms_budgets, user.phone)
             sms.status, sms.last_error = (HELD, held) if held else (initial_status, initial_error)
-        connection.execute(
+        writes.execute(
             _insert_notifications(send_lease_seconds if lease_token else 0.0),
             [_columns(n, NOTIFICATION_COLUMNS) for n in notifications],
         )
-        connection.execute(_insert_event(event_lease_seconds), [registered_event])
+        writes.execute(_insert_event(event_lease_seconds), registered_event)
         return True
 
     writer = group_commit(session.get_bind().engine)
     if writer is not None:
         written = writer.write(write)
     else:
-        written = write(session.connection())
+        written = write(EngineWrites(session.connection()))
         if written:
             session.commit()
     if not written:
         session.rollback()
         # An expired, unverified registration may hold the address: it gives way. (Rare, so
         # written in the request's own transaction, outside the group commit.)
-        if not (_release_expired(session, settings, registration) and write(session.connection())):
+        if not (
+            _release_expired(session, settings, registration)
+            and write(EngineWrites(session.connection()))
+        ):
             session.rollback()
             raise AlreadyRegistered("Already registered.", _duplicate_fields(session, registration))
         session.commit()

@@ -4,6 +4,7 @@ never writes or loses another's rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
+import app.db
+from app.db import SqliteStatement
 from app.events import EVENTS
 from app.groupcommit import GroupCommit, group_commit
 from app.models import Notification, User
@@ -115,17 +118,21 @@ def test_a_failed_transaction_fails_every_registration_in_it_and_writes_none(
 ):
     writer = group_commit(sessions.kw["bind"])
     assert writer is not None
-    engine = sessions.kw["bind"]
+    compiled_for_sqlite = app.db._compiled_for_sqlite
 
-    def refuse_a_write(_conn, _cursor, statement, _parameters, _context, _executemany):
-        if statement.startswith("INSERT INTO events"):
-            raise sqlite3.OperationalError("disk I/O error")
+    def events_insert_fails(statement: Any, dialect: Any, columns: Any) -> SqliteStatement:
+        # The group commit writes straight to sqlite3 (LockedSqliteWrites): make SQLite itself
+        # fail the third statement of every registration, as a full or failing disk would.
+        compiled = compiled_for_sqlite(statement, dialect, columns)
+        if not compiled.sql.startswith("INSERT INTO events"):
+            return compiled
+        return dataclasses.replace(compiled, sql=compiled.sql.replace("events", "no_such", 1))
 
-    event.listen(engine, "before_cursor_execute", refuse_a_write)
+    monkeypatch.setattr(app.db, "_compiled_for_sqlite", events_insert_fails)
     greenlets = register_all_while_the_lock_is_held(
         sessions, settings, [registration(n) for n in range(3)]
     )
-    event.remove(engine, "before_cursor_execute", refuse_a_write)
+    monkeypatch.undo()
     assert [type(g.exception) for g in greenlets] == [OperationalError] * 3
     assert counts(sessions) == (0, 0, 0)
     # The writer goes on: the next registration is written.
@@ -142,8 +149,8 @@ def test_a_batch_is_bounded_so_one_transaction_never_holds_the_hub_long(sessions
     holder.execute("BEGIN IMMEDIATE")
 
     def insert(bucket: str) -> Any:
-        def rows(connection: Any) -> bool:
-            connection.exec_driver_sql(
+        def rows(writes: Any) -> bool:
+            writes.connection.exec_driver_sql(
                 "INSERT INTO rate_limit_counters (bucket, window_start, window_end, hits) "
                 "VALUES (?, '2026-01-01', '2026-01-02', 1)",
                 (bucket,),
