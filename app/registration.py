@@ -21,7 +21,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.config import BASELINE_MODE, DISPATCH_MODES, Settings
-from app.db import EngineWrites, database_now, upsert_insert
+from app.db import EngineWrites, database_now, detached, upsert_insert
 from app.events import (
     EVENTS,
     REQUEST_HOLDER,
@@ -197,13 +197,31 @@ def email_job(settings: Settings, user: User, notification_id: str) -> EmailJob:
     )
 
 
-def build_notifications(settings: Settings, user: User, sms_code: str) -> list[Notification]:
+def build_notifications(
+    settings: Settings, user: User, sms_code: str, **columns: Any
+) -> list[Notification]:
+    """The registration's two outbox rows, detached (app/db.py `detached`): `columns` are what
+    both hold besides their own id, channel and payload (status, lease, event...)."""
     email_id, sms_id = new_id(), new_id()
     email = email_job(settings, user, email_id)
     sms = SmsJob(notification_id=sms_id, to=user.phone, body=sms_text(settings, sms_code))
     return [
-        Notification(id=email_id, user_id=user.id, channel="email", payload=job_to_dict(email)),
-        Notification(id=sms_id, user_id=user.id, channel="sms", payload=job_to_dict(sms)),
+        detached(
+            Notification,
+            id=email_id,
+            user_id=user.id,
+            channel="email",
+            payload=job_to_dict(email),
+            **columns,
+        ),
+        detached(
+            Notification,
+            id=sms_id,
+            user_id=user.id,
+            channel="sms",
+            payload=job_to_dict(sms),
+            **columns,
+        ),
     ]
 
 
@@ -243,37 +261,41 @@ def register_user(
     started = time.perf_counter()
     code = make_sms_code()
     now = utcnow()
-    user = User(
-        id=new_id(),
+    user_id = new_id()
+    status_token = make_status_token()
+    user = detached(
+        User,
+        id=user_id,
         name=registration.name,
         email=registration.email,
         email_key=email_key(registration.email),
         phone=registration.phone,
         created_at=now,
+        sms_code_hash=hash_sms_code(settings.secret_key, user_id, code),
+        sms_code_expires_at=now + timedelta(seconds=settings.sms_code_max_age),
         sms_code_attempts=0,
         email_verified_at=None,
         phone_verified_at=None,
+        status_token_hash=hash_status_token(status_token),
         email_verification_id=random_id(),  # the email link shows it
     )
-    status_token = make_status_token()
-    user.status_token_hash = hash_status_token(status_token)
-    user.sms_code_hash = hash_sms_code(settings.secret_key, user.id, code)
-    user.sms_code_expires_at = now + timedelta(seconds=settings.sms_code_max_age)
-    notifications = build_notifications(settings, user, code)
     # The domain event rides in the same transaction: it exists exactly when the user does.
-    registered_event = user_event(USER_REGISTERED, user.id, now)
+    registered_event = user_event(USER_REGISTERED, user_id, now)
     if event_lease_seconds > 0:
         registered_event["claimed_by"] = REQUEST_HOLDER
-    lease_token = new_lease_token() if send_lease_seconds > 0 else None
-    for notification in notifications:
-        notification.send_lease_token = lease_token
-        notification.status = initial_status
-        notification.last_error = initial_error
-        notification.attempts = 0
-        notification.created_at = now
-        notification.queued_at = notification.sent_at = None
-        notification.event_id = registered_event["id"]
-
+    notifications = build_notifications(
+        settings,
+        user,
+        code,
+        status=initial_status,
+        last_error=initial_error,
+        attempts=0,
+        created_at=now,
+        queued_at=None,
+        sent_at=None,
+        send_lease_token=new_lease_token() if send_lease_seconds > 0 else None,
+        event_id=registered_event["id"],
+    )
     sms = next(n for n in notifications if n.channel == "sms")
 
     def write(writes: EngineWrites) -> bool:
@@ -288,7 +310,7 @@ def register_user(
             held = charge_sms(writes.connection, sms_budgets, user.phone)
             sms.status, sms.last_error = (HELD, held) if held else (initial_status, initial_error)
         writes.execute(
-            _insert_notifications(send_lease_seconds if lease_token else 0.0),
+            _insert_notifications(send_lease_seconds),
             [_columns(n, NOTIFICATION_COLUMNS) for n in notifications],
         )
         writes.execute(_insert_event(event_lease_seconds), registered_event)
