@@ -11,7 +11,9 @@ Here one greenlet per process and database writes. A request hands over a functi
 its registration and waits. The writer takes the lock (BEGIN IMMEDIATE, waiting cooperatively
 as every statement does, app/db.py), then runs every registration waiting by then in the one
 transaction and commits once: the registrations that arrived while it waited for the lock
-join the transaction instead of each queueing for the lock.
+join the transaction instead of each queueing for the lock. Once the lock is held no statement
+can find it taken, so the registrations' statements run straight on sqlite3's cursor, past the
+engine's execution (app/db.py, `LockedSqliteWrites`).
 
 PostgreSQL locks rows, not the database, so there each request writes in its own transaction
 (`group_commit` returns None).
