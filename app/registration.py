@@ -31,7 +31,7 @@ from app.events import (
     user_event,
 )
 from app.groupcommit import group_commit
-from app.jobs import EmailJob, SmsJob, job_to_dict
+from app.jobs import EmailJob, Job, SmsJob, job_to_dict
 from app.ledger import new_lease_token
 from app.models import Notification, User, email_key, new_id, random_id, utcnow
 from app.smsbudget import HELD, SmsBudgets, charge_sms, sms_budgets
@@ -203,25 +203,20 @@ def build_notifications(
     """The registration's two outbox rows, detached (app/db.py `detached`): `columns` are what
     both hold besides their own id, channel and payload (status, lease, event...)."""
     email_id, sms_id = new_id(), new_id()
-    email = email_job(settings, user, email_id)
-    sms = SmsJob(notification_id=sms_id, to=user.phone, body=sms_text(settings, sms_code))
+    jobs: list[Job] = [
+        email_job(settings, user, email_id),
+        SmsJob(notification_id=sms_id, to=user.phone, body=sms_text(settings, sms_code)),
+    ]
     return [
         detached(
             Notification,
-            id=email_id,
+            id=job.notification_id,
             user_id=user.id,
-            channel="email",
-            payload=job_to_dict(email),
+            channel=job.kind,
+            payload=job_to_dict(job),
             **columns,
-        ),
-        detached(
-            Notification,
-            id=sms_id,
-            user_id=user.id,
-            channel="sms",
-            payload=job_to_dict(sms),
-            **columns,
-        ),
+        )
+        for job in jobs
     ]
 
 
