@@ -338,6 +338,8 @@ class LockedSqliteWrites(EngineWrites):
     compile it, and its values processed as the engine would (tests/unit/test_locked_writes.py
     holds the rows to the engine's). SQLite's errors are raised as the engine raises them
     (`sqlalchemy.exc.DBAPIError`'s subclasses), so a caller handles them the same either way.
+    What listens to the engine's cursor events (`before_cursor_execute`: a tracer, a statement
+    counter) does not see these statements; it still sees the transaction's BEGIN and COMMIT.
     """
 
     def execute(
