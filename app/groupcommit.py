@@ -31,9 +31,9 @@ from sqlalchemy.engine import Engine
 
 from app.db import EngineWrites, LockedSqliteWrites, sqlite_file
 
-# A transaction runs without yielding to the hub (SQLite's calls do not yield): at about
-# 0.3 ms of statements a registration, 24 hold it for well under the 20 ms the bench counts a
-# stall from. More waiting than that go in the next transaction, after the hub has had a turn.
+# A transaction runs without yielding to the hub (SQLite's calls do not yield): at 0.15-0.3 ms
+# of statements a registration, 24 hold it for well under the 20 ms the bench counts a stall
+# from. More waiting than that go in the next transaction, after the hub has had a turn.
 MAX_BATCH = 24
 
 Write = Callable[[EngineWrites], bool]

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import Column, MetaData, String, Table, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.db import EngineWrites, LockedSqliteWrites, SqliteStatement, make_engine
@@ -144,19 +144,11 @@ def test_sqlite_errors_are_raised_as_the_engine_raises_them(engine):
 
 def test_a_callable_default_is_refused_at_compile_time():
     # Only the engine's execution can call it; the direct path would write NULL instead.
-    with pytest.raises(ValueError, match="only a constant default"):
-        SqliteStatement.compile(insert(_TABLE_WITH_CALLABLE_DEFAULT), columns=("name",))
-
-
-def _callable_default_table() -> Any:
-    from sqlalchemy import Column, MetaData, String, Table
-
-    return Table(
+    table = Table(
         "with_callable",
         MetaData(),
         Column("id", String, primary_key=True, default=new_id),
         Column("name", String),
     )
-
-
-_TABLE_WITH_CALLABLE_DEFAULT = _callable_default_table()
+    with pytest.raises(ValueError, match="only a constant default"):
+        SqliteStatement.compile(insert(table), columns=("name",))
