@@ -190,8 +190,10 @@ def format_report(costs: dict[int, LayoutCost], messages: int) -> str:
             f"{delivery}  ({statistics.median(cost.delivery):.3f})"
         )
     first, second = (statistics.median(costs[layout].intake) for layout in LAYOUTS)
+    change = second / first - 1
     lines.append(
-        f"version 2 takes an event in for {1 - second / first:.0%} less of the broker's CPU"
+        f"version 2 takes an event in for {abs(change):.0%} "
+        f"{'more' if change > 0 else 'less'} of the broker's CPU"
     )
     return "\n".join(lines)
 

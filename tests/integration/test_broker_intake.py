@@ -36,6 +36,16 @@ def test_the_report_gives_each_round_the_median_and_the_saving():
     assert "33% less" in report
 
 
+def test_a_dearer_version_2_is_reported_as_more_not_as_a_negative_saving():
+    # By the hour version 2 has come out dearer; the line must not read "-25% less".
+    report = format_report(
+        {1: LayoutCost([0.100], [0.05]), 2: LayoutCost([0.125], [0.07])},
+        20_000,
+    )
+    assert "version 2 takes an event in for 25% more of the broker's CPU" in report
+    assert "-25%" not in report
+
+
 def test_nonsense_arguments_are_refused(capsys):
     with pytest.raises(SystemExit) as refused:
         main(["--messages", "0"])
