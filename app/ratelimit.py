@@ -159,14 +159,16 @@ def limit(
         def limited(*args: P.args, **kwargs: P.kwargs) -> R:
             if request.method in methods:
                 extension = offload()
-                client = client_address(
-                    request.remote_addr,
-                    request.headers.get("X-Forwarded-For"),
-                    extension.settings.rate_limit_trusted_proxies,
-                )
-                decision = extension.require_rate_limiter().hit(name, client)
-                if not decision.allowed:
-                    raise RateLimited(name, decision.retry_after)
+                limiter = extension.require_rate_limiter()
+                if limiter.enabled:
+                    client = client_address(
+                        request.remote_addr,
+                        request.headers.get("X-Forwarded-For"),
+                        extension.settings.rate_limit_trusted_proxies,
+                    )
+                    decision = limiter.hit(name, client)
+                    if not decision.allowed:
+                        raise RateLimited(name, decision.retry_after)
             return view(*args, **kwargs)
 
         return limited

@@ -92,6 +92,16 @@ def test_limits_can_be_turned_off(settings, publisher):
         register(testapp, {"name": ""}, status=400)
 
 
+def test_limits_turned_off_look_at_no_client_address(settings, publisher, monkeypatch):
+    # Off means no work per request: not even reading who the client is.
+    def looked_at(*_args: object) -> str:
+        raise AssertionError("the client address was worked out with the limits off")
+
+    monkeypatch.setattr("app.ratelimit.client_address", looked_at)
+    testapp = make_testapp(settings, publisher, rate_limit_enabled=False)
+    register(testapp, {"name": ""}, status=400)
+
+
 def test_a_malformed_limit_refuses_to_start(settings, publisher):
     with pytest.raises(ConfigError, match="RATE_LIMIT_REGISTRATIONS"):
         make_testapp(settings, publisher, rate_limit_registrations="lots")
