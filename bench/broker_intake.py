@@ -3,18 +3,19 @@
     python -m bench.broker_intake [--messages 20000] [--rounds 3]
 
 Starts a RabbitMQ node of its own (Debian's package, as `make run` does). In each round, for
-each layout, in a fresh vhost: Offload's topology is declared, with the two work queues in
-version 1 declared first as Offload declared them before a3877b9 (the topology keeps them as
-they are) or left to the topology's version 2; then `user.registered` events are published as
-a queued registration publishes its one (`PikaPublisher.publish_events` with `on_confirmed`,
-at most WINDOW unconfirmed, no consumer: under load the consumers wait), and afterwards both
-work queues are drained by one plain consumer. The broker's CPU, from /proc, is divided by the
-number of events for each phase: the intake (what the broker does while the load lasts) and
+each layout, in a fresh vhost: the two work queues are declared as an earlier version of
+Offload declared them (version 1 before a3877b9; version 2 in RabbitMQ's default mode after it)
+or left to the topology (version 2, lazy), and Offload's topology is declared over them (it
+keeps them as they are); then `user.registered` events are published as a queued registration
+publishes its one (`PikaPublisher.publish_events` with `on_confirmed`, at most WINDOW
+unconfirmed, no consumer: under load the consumers wait, and the queues grow), and afterwards
+both work queues are drained by one plain consumer. The broker's CPU, from /proc, is divided by
+the number of events for each phase: the intake (what the broker does while the load lasts) and
 the delivery (two deliveries and acks a registration, when the load has eased). The layouts
-alternate, first one then the other, so the machine's drift hits both alike.
+take turns, in one order and then the other, so the machine's drift hits them alike.
 
-This is the measurement behind `CLASSIC_QUEUE_VERSION` in `app/topology.py`; see
-docs/performance-history.md, "Since 8ed5d7a".
+This is the measurement behind `CLASSIC_QUEUE_VERSION` and `CLASSIC_QUEUE_MODE` in
+`app/topology.py`; see docs/performance-history.md, "Since 8ed5d7a" and "Since 0dff3e4".
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import gevent
 import pika
@@ -41,7 +43,26 @@ from devstack.ports import free_port
 
 WINDOW = 60  # unconfirmed events at most, about what the web has in flight at 50 clients
 RETRY_DELAYS_MS = (1_000,)  # the retry queues play no part here
-LAYOUTS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the work queues were declared, and what the broker must report them running as."""
+
+    name: str
+    # The arguments an earlier version of Offload declared its work queues with, beyond the
+    # dead-lettering (None: the topology's own declaration, as Offload declares them now).
+    declared_as: dict[str, Any] | None
+    version: int
+    mode: str
+
+
+LAYOUTS = (
+    Layout("version 1", {}, 1, "default"),  # before a3877b9
+    Layout("version 2", {"x-queue-version": 2}, 2, "default"),  # from a3877b9
+    Layout("version 2, lazy", None, 2, "lazy"),  # the topology now
+)
+CURRENT = LAYOUTS[-1]
 
 
 @dataclass
@@ -56,8 +77,8 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def declare_work_queues_in_version_1(url: str) -> None:
-    """The work queues as Offload declared them before a3877b9 (no `x-queue-version`)."""
+def declare_work_queues_as_before(url: str, arguments: dict[str, Any]) -> None:
+    """The work queues as an earlier version of Offload declared them."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
@@ -67,6 +88,7 @@ def declare_work_queues_in_version_1(url: str) -> None:
                 durable=True,
                 arguments={
                     "x-queue-type": "classic",
+                    **arguments,
                     "x-dead-letter-exchange": PARKED_EXCHANGE,
                     "x-dead-letter-routing-key": name,
                 },
@@ -137,37 +159,40 @@ def broker_ms_per_event(node_pid: int, count: int, work: Callable[[], None]) -> 
     return spent.seconds["rabbitmq"] * 1000 / count
 
 
-def measure(node: RabbitNode, layout: int, count: int, round_: int) -> tuple[float, float]:
+def measure(node: RabbitNode, layout: Layout, count: int, round_: int) -> tuple[float, float]:
     node_pid = node.pid()
     if node_pid is None:
         raise RuntimeError("the node wrote no PID file")
-    vhost = f"intake-v{layout}-{round_}"
+    vhost = f"intake-{LAYOUTS.index(layout)}-{round_}"
     with node.vhost(vhost) as url:
-        if layout == 1:
-            declare_work_queues_in_version_1(url)
+        if layout.declared_as is not None:
+            declare_work_queues_as_before(url, layout.declared_as)
         publish_events(url, 100)  # declares the topology and warms the path up
         drain(url, 100)
-        running = {node.queue_layout(vhost, work_queue(name)) for name in CHANNELS}
-        if running != {layout}:
-            raise RuntimeError(f"asked for layout {layout}, the work queues run in {running}")
+        running = {
+            (node.queue_layout(vhost, work_queue(name)), node.queue_mode(vhost, work_queue(name)))
+            for name in CHANNELS
+        }
+        if running != {(layout.version, layout.mode)}:
+            raise RuntimeError(f"asked for {layout.name}, the work queues run as {running}")
         intake = broker_ms_per_event(node_pid, count, lambda: publish_events(url, count))
         delivery = broker_ms_per_event(node_pid, count, lambda: drain(url, count))
     return intake, delivery
 
 
-def run(messages: int, rounds: int, base_dir: str) -> dict[int, LayoutCost]:
+def run(messages: int, rounds: int, base_dir: str) -> dict[str, LayoutCost]:
     node = RabbitNode(base_dir, free_port())
     progress(f"starting RabbitMQ node {node.nodename}")
     node.start()
-    costs = {layout: LayoutCost() for layout in LAYOUTS}
+    costs = {layout.name: LayoutCost() for layout in LAYOUTS}
     try:
         for round_ in range(1, rounds + 1):
             for layout in LAYOUTS if round_ % 2 else tuple(reversed(LAYOUTS)):
                 intake, delivery = measure(node, layout, messages, round_)
-                costs[layout].intake.append(intake)
-                costs[layout].delivery.append(delivery)
+                costs[layout.name].intake.append(intake)
+                costs[layout.name].delivery.append(delivery)
                 progress(
-                    f"round {round_}/{rounds}, version {layout}: {messages} events, broker "
+                    f"round {round_}/{rounds}, {layout.name}: {messages} events, broker "
                     f"{intake:.3f} ms each to take in, {delivery:.3f} to deliver to both queues"
                 )
     finally:
@@ -175,26 +200,30 @@ def run(messages: int, rounds: int, base_dir: str) -> dict[int, LayoutCost]:
     return costs
 
 
-def format_report(costs: dict[int, LayoutCost], messages: int) -> str:
+def format_report(costs: dict[str, LayoutCost], messages: int) -> str:
+    width = max(len(name) for name in costs) + 2
     lines = [
         f"RabbitMQ's CPU per queued registration's event ({messages} a round; ms, each round, "
         "then the median)",
-        f"{'layout':<10} {'intake (while the load lasts)':<36} delivery and acks (both queues)",
+        f"{'layout':<{width}}{'intake (while the load lasts)':<36} delivery and acks (both queues)",
     ]
-    for layout, cost in costs.items():
+    for name, cost in costs.items():
         intake = " ".join(f"{v:.3f}" for v in cost.intake)
         delivery = " ".join(f"{v:.3f}" for v in cost.delivery)
         lines.append(
-            f"{'version ' + str(layout):<10} "
+            f"{name:<{width}}"
             f"{intake + f'  ({statistics.median(cost.intake):.3f})':<36} "
             f"{delivery}  ({statistics.median(cost.delivery):.3f})"
         )
-    first, second = (statistics.median(costs[layout].intake) for layout in LAYOUTS)
-    change = second / first - 1
-    lines.append(
-        f"version 2 takes an event in for {abs(change):.0%} "
-        f"{'more' if change > 0 else 'less'} of the broker's CPU"
-    )
+    current = statistics.median(costs[CURRENT.name].intake)
+    for name, cost in costs.items():
+        if name == CURRENT.name:
+            continue
+        change = current / statistics.median(cost.intake) - 1
+        lines.append(
+            f"{CURRENT.name} takes an event in for {abs(change):.0%} "
+            f"{'more' if change > 0 else 'less'} of the broker's CPU than {name}"
+        )
     return "\n".join(lines)
 
 
@@ -211,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cpu.available():
         print("no /proc: the broker's CPU cannot be read here", file=sys.stderr)
         return 1
-    # Version 1 is declared the old way on purpose: the topology's warning about it, and pika's
-    # about the refused declaration before it, are expected here.
+    # The earlier layouts are declared the old way on purpose: the topology's warnings about
+    # them, and pika's about the refused declarations before them, are expected here.
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="offload-intake-") as base_dir:
         costs = run(args.messages, args.rounds, base_dir)

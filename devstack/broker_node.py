@@ -138,15 +138,20 @@ class RabbitNode:
     def queue_layout(self, vhost: str, queue: str) -> int:
         """The version of the layout a classic queue runs in, as the broker reports it (not
         what its arguments asked for)."""
-        return int(
-            self._ctl_or_raise(
-                "eval",
-                f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
-                f'<<"{queue}">>)), '
-                "[{backing_queue_status, S}] = rabbit_amqqueue:info(Q, [backing_queue_status]), "
-                "proplists:get_value(version, S).",
-            ).strip()
-        )
+        return int(self._backing_queue_status(vhost, queue, "version"))
+
+    def queue_mode(self, vhost: str, queue: str) -> str:
+        """The mode a classic queue runs in (`default` or `lazy`), as the broker reports it."""
+        return self._backing_queue_status(vhost, queue, "mode")
+
+    def _backing_queue_status(self, vhost: str, queue: str, key: str) -> str:
+        return self._ctl_or_raise(
+            "eval",
+            f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
+            f'<<"{queue}">>)), '
+            "[{backing_queue_status, S}] = rabbit_amqqueue:info(Q, [backing_queue_status]), "
+            f"proplists:get_value({key}, S).",
+        ).strip()
 
     def start(self, *, timeout: float = START_TIMEOUT) -> None:
         """Start the node and return once it accepts connections."""

@@ -1,6 +1,6 @@
-"""Classic queues are declared in RabbitMQ's version 2 layout, and one an older version declared
-in version 1 is taken as it is, with a warning. Each test declares the topology in a vhost of
-its own."""
+"""Classic queues are declared in RabbitMQ's version 2 layout and in lazy mode, and one an older
+version declared without either is taken as it is, with a warning. Each test declares the
+topology in a vhost of its own."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ def backing_queue_version(stack, vhost_url: str, queue: str) -> int:
     return stack.node.queue_layout(vhost_url.rsplit("/", 1)[1], queue)
 
 
-def test_every_classic_queue_is_declared_in_the_version_2_layout(stack):
+def backing_queue_mode(stack, vhost_url: str, queue: str) -> str:
+    return stack.node.queue_mode(vhost_url.rsplit("/", 1)[1], queue)
+
+
+def test_every_classic_queue_is_declared_in_the_version_2_layout_and_lazy(stack):
     with own_vhost(stack, "layout") as url:
         connection = pika.BlockingConnection(pika.URLParameters(url))
         try:
@@ -32,9 +36,49 @@ def test_every_classic_queue_is_declared_in_the_version_2_layout(stack):
         arguments = queue_arguments(stack, url)
         assert backing_queue_version(stack, url, work_queue("email")) == 2
         assert backing_queue_version(stack, url, retry_queue("sms", DELAYS[0])) == 2
+        assert backing_queue_mode(stack, url, work_queue("email")) == "lazy"
+        assert backing_queue_mode(stack, url, work_queue("sms")) == "lazy"
+        assert backing_queue_mode(stack, url, parked_queue("sms")) == "lazy"
     assert len(arguments) == 6  # work, retry and parking queue of each channel
     for queue, listed in arguments.items():
         assert '"x-queue-version"' in listed, (queue, listed)
+        assert '"x-queue-mode"' in listed, (queue, listed)
+
+
+def test_a_queue_declared_before_the_lazy_mode_is_taken_with_a_warning(stack, caplog):
+    """The work queue as the version before this one declared it: version 2, default mode. It
+    keeps running in that mode, and every other queue is lazy."""
+    with own_vhost(stack, "layout-default-mode") as url:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            channel = connection.channel()
+            channel.queue_declare(
+                work_queue("email"),
+                durable=True,
+                arguments={
+                    "x-queue-type": "classic",
+                    "x-queue-version": 2,
+                    "x-dead-letter-exchange": PARKED_EXCHANGE,
+                    "x-dead-letter-routing-key": "email",
+                },
+            )
+            with caplog.at_level(logging.WARNING, logger="app.topology"):
+                declare_topology(channel, DELAYS)
+            channel.confirm_delivery()
+            channel.basic_publish(JOBS_EXCHANGE, "email", b"{}", mandatory=True)
+            assert channel.queue_declare(work_queue("email"), passive=True).method.message_count
+        finally:
+            if connection.is_open:
+                connection.close()
+        assert backing_queue_mode(stack, url, work_queue("email")) == "default"
+        assert backing_queue_mode(stack, url, work_queue("sms")) == "lazy"
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "app.topology" and "x-queue-mode" in r.getMessage()
+    ]
+    assert len(warned) == 1 and work_queue("email") in warned[0], warned
+    assert "queue-mode: lazy" in warned[0]
 
 
 def test_a_queue_declared_in_the_version_1_layout_is_taken_with_a_warning(stack, caplog):

@@ -84,5 +84,6 @@ def test_quorum_queues_dead_letter_at_least_once(stack):
             assert '"at-least-once"' in arguments[queue], arguments[queue]
             assert '"x-overflow"' in arguments[queue], arguments[queue]
             assert '"reject-publish"' in arguments[queue], arguments[queue]
-    # The classic queue version is a classic queue's argument only.
+    # The classic queue version and mode are a classic queue's arguments only.
     assert not [queue for queue, text in arguments.items() if "x-queue-version" in text]
+    assert not [queue for queue, text in arguments.items() if "x-queue-mode" in text]
