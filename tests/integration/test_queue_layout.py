@@ -26,6 +26,32 @@ def backing_queue_mode(stack, vhost_url: str, queue: str) -> str:
     return stack.node.queue_mode(vhost_url.rsplit("/", 1)[1], queue)
 
 
+def declare_the_topology_over(url: str, earlier: dict[str, dict], caplog) -> None:
+    """Declare the queues as an older version did, then the topology over them. The channel
+    must still work, and the old email work queue take a job, bound as before."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        for queue, arguments_then in earlier.items():
+            channel.queue_declare(queue, durable=True, arguments=arguments_then)
+        with caplog.at_level(logging.WARNING, logger="app.topology"):
+            declare_topology(channel, DELAYS)
+        channel.confirm_delivery()
+        channel.basic_publish(JOBS_EXCHANGE, "email", b"{}", mandatory=True)
+        assert channel.queue_declare(work_queue("email"), passive=True).method.message_count
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def warnings_about(caplog, argument: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "app.topology" and argument in r.getMessage()
+    ]
+
+
 def test_every_classic_queue_is_declared_in_the_version_2_layout_and_lazy(stack):
     with own_vhost(stack, "layout") as url:
         connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -48,35 +74,19 @@ def test_every_classic_queue_is_declared_in_the_version_2_layout_and_lazy(stack)
 def test_a_queue_declared_before_the_lazy_mode_is_taken_with_a_warning(stack, caplog):
     """The work queue as the version before this one declared it: version 2, default mode. It
     keeps running in that mode, and every other queue is lazy."""
+    earlier = {
+        work_queue("email"): {
+            "x-queue-type": "classic",
+            "x-queue-version": 2,
+            "x-dead-letter-exchange": PARKED_EXCHANGE,
+            "x-dead-letter-routing-key": "email",
+        }
+    }
     with own_vhost(stack, "layout-default-mode") as url:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-        try:
-            channel = connection.channel()
-            channel.queue_declare(
-                work_queue("email"),
-                durable=True,
-                arguments={
-                    "x-queue-type": "classic",
-                    "x-queue-version": 2,
-                    "x-dead-letter-exchange": PARKED_EXCHANGE,
-                    "x-dead-letter-routing-key": "email",
-                },
-            )
-            with caplog.at_level(logging.WARNING, logger="app.topology"):
-                declare_topology(channel, DELAYS)
-            channel.confirm_delivery()
-            channel.basic_publish(JOBS_EXCHANGE, "email", b"{}", mandatory=True)
-            assert channel.queue_declare(work_queue("email"), passive=True).method.message_count
-        finally:
-            if connection.is_open:
-                connection.close()
+        declare_the_topology_over(url, earlier, caplog)
         assert backing_queue_mode(stack, url, work_queue("email")) == "default"
         assert backing_queue_mode(stack, url, work_queue("sms")) == "lazy"
-    warned = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "app.topology" and "x-queue-mode" in r.getMessage()
-    ]
+    warned = warnings_about(caplog, "x-queue-mode")
     assert len(warned) == 1 and work_queue("email") in warned[0], warned
     assert "queue-mode: lazy" in warned[0]
 
@@ -99,28 +109,11 @@ def test_a_queue_declared_in_the_version_1_layout_is_taken_with_a_warning(stack,
         parked_queue("email"): {"x-queue-type": "classic"},
     }
     with own_vhost(stack, "layout-v1") as url:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
-        try:
-            channel = connection.channel()
-            for queue, queue_arguments_then in earlier.items():
-                channel.queue_declare(queue, durable=True, arguments=queue_arguments_then)
-            with caplog.at_level(logging.WARNING, logger="app.topology"):
-                declare_topology(channel, DELAYS)
-            # The channel still works and the old work queue is bound as before.
-            channel.confirm_delivery()
-            channel.basic_publish(JOBS_EXCHANGE, "email", b"{}", mandatory=True)
-            assert channel.queue_declare(work_queue("email"), passive=True).method.message_count
-        finally:
-            if connection.is_open:
-                connection.close()
+        declare_the_topology_over(url, earlier, caplog)
         arguments = queue_arguments(stack, url)
         assert backing_queue_version(stack, url, work_queue("email")) == 1
         assert backing_queue_version(stack, url, work_queue("sms")) == 2
-    warned = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "app.topology" and "x-queue-version" in r.getMessage()
-    ]
+    warned = warnings_about(caplog, "x-queue-version")
     assert sorted(message.split()[1] for message in warned) == sorted(earlier)
     for queue in earlier:
         assert '"x-queue-version"' not in arguments[queue], arguments[queue]
