@@ -43,6 +43,12 @@ CLASSIC_QUEUE_VERSION = 2
 # (`python -m bench.broker_intake`). RabbitMQ 3.12 and later ignore the mode: their classic
 # queues work this way by default.
 CLASSIC_QUEUE_MODE = "lazy"
+# What every classic queue is declared with beyond its own arguments; a queue an older version
+# declared without one of them is kept as it is (`declare_queue`).
+CLASSIC_LAYOUT: dict[str, Any] = {
+    "x-queue-version": CLASSIC_QUEUE_VERSION,
+    "x-queue-mode": CLASSIC_QUEUE_MODE,
+}
 
 
 def amqp_urls(amqp_url: str) -> list[str]:
@@ -86,8 +92,7 @@ def declare_topology(
     channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
     base_args: dict[str, Any] = {"x-queue-type": queue_type}
     if queue_type == "classic":
-        base_args["x-queue-version"] = CLASSIC_QUEUE_VERSION
-        base_args["x-queue-mode"] = CLASSIC_QUEUE_MODE
+        base_args.update(CLASSIC_LAYOUT)
     # Queues that dead-letter: a classic queue does it at most once (a dead-lettered message
     # that cannot be delivered is lost; the relay's sweeper finds its row). A quorum queue can
     # do it at least once, which RabbitMQ allows only with overflow reject-publish (with the
@@ -167,7 +172,7 @@ def declare_queue(
     such an argument is missing, the queue is taken as it is and a warning says so. Any other
     difference (a classic queue where QUEUE_TYPE asks for quorum) is still refused.
     """
-    tolerated = {"x-queue-version", "x-queue-mode", *added_since}
+    tolerated = {*CLASSIC_LAYOUT, *added_since}
     wanted = dict(arguments)
     while True:
         try:
