@@ -4,15 +4,12 @@ like any object, and work in a process that has not queried yet."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from sqlalchemy import inspect
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db import detached
 from app.models import Notification, User, utcnow
-from devstack import PROJECT_ROOT
+from tests.fresh_process import run_python
 
 
 def test_a_detached_row_reads_as_loaded_and_records_a_change():
@@ -39,13 +36,5 @@ def test_a_detached_row_works_before_the_mappers_are_configured():
         "user.notifications = [detached(Notification, id='n1', channel='sms')]\n"
         "print(user.name, user.phone, [n.channel for n in user.notifications])\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python(program)
     assert result.stdout.split() == ["Ann", "None", "['sms']"]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from devstack import PROJECT_ROOT
+from tests.fresh_process import run_python
 
 # In a fresh interpreter: the monitor thread, once started, stays for the process's life.
 PROBE = """
@@ -22,14 +19,7 @@ print(before, HUB_BLOCKS._value.get())
 
 
 def probe(threshold_ms: float) -> tuple[float, float]:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE.format(threshold_ms=threshold_ms)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_python(PROBE.format(threshold_ms=threshold_ms))
     before, after = result.stdout.split()
     return float(before), float(after)
 
@@ -58,12 +48,7 @@ def test_the_startup_heap_is_left_out_of_later_collections():
 def test_watching_the_loop_warns_about_nothing_it_does_not_watch():
     """The monitor thread would also watch memory if psutil were installed, and warns at start
     when it is not; Offload never sets a memory limit, so that warning was noise in every log."""
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", "from app.hubwatch import watch_hub; watch_hub(20)"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_python(
+        "from app.hubwatch import watch_hub; watch_hub(20)", interpreter_flags=("-W", "error")
     )
-    assert result.returncode == 0, result.stderr
     assert "MonitorWarning" not in result.stderr

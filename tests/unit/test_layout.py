@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from devstack import PROJECT_ROOT
+from tests.fresh_process import run_python
 
 WORKER_ENTRY_POINTS = ["services.workers", "services.parked", "app.migrate"]
 
@@ -22,27 +23,13 @@ def test_worker_entry_points_never_import_flask(module: str) -> None:
         "leaked = sorted(m for m in sys.modules if m.split('.')[0] in {'flask', 'flask_wtf'}); "
         "print(','.join(leaked))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_python(probe)
     assert result.stdout.strip() == "", f"{module} imported {result.stdout.strip()}"
 
 
 def test_the_probe_sees_flask_when_it_is_imported() -> None:
     # The check above would pass vacuously if the probe could not see Flask at all.
-    result = subprocess.run(
-        [sys.executable, "-c", "import app.web, sys; print('flask' in sys.modules)"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_python("import app.web, sys; print('flask' in sys.modules)")
     assert result.stdout.strip() == "True"
 
 

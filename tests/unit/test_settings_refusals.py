@@ -3,6 +3,7 @@
 import pytest
 
 from app.config import ConfigError, is_loopback_url, load_settings
+from tests.fresh_process import run_python
 
 STRONG = "k" * 32
 
@@ -82,14 +83,9 @@ def test_a_worker_niceness_outside_0_to_19_is_refused(raw):
 
 
 def test_a_worker_lowers_its_own_cpu_priority_by_worker_nice():
-    import subprocess
-    import sys
-
     probe = (
         "import os; from services.workers import yield_cpu_to_the_web; "
         "before = os.nice(0); yield_cpu_to_the_web(3); print(os.nice(0) - before)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
+    out = run_python(probe).stdout
     assert out.strip() == "3"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from devstack import PROJECT_ROOT
+from tests.fresh_process import run_python
 
 PROBE = """
 import os, signal
@@ -24,12 +21,6 @@ print("not exited", flush=True)
 
 def test_first_signal_is_graceful_the_second_exits_at_once() -> None:
     # A child process: the second signal ends the process it arrives in.
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(PROBE, check=False)
     assert result.stdout.splitlines() == ["graceful", "still running"]
     assert result.returncode == 1

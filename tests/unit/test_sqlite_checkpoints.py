@@ -8,14 +8,13 @@ writer's commit took 5-15 ms over a hundred times in 25 s, the whole process wai
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from sqlalchemy import text
 
 from app.db import checkpoint_off_the_loop, make_engine
+from tests.fresh_process import run_python
 
 
 def autocheckpoint(engine) -> int:
@@ -54,14 +53,7 @@ def test_the_workers_engines_checkpoint_off_the_loop(tmp_path: Path):
         "secret_key='x' * 40)); "
         "print(engine.connect().exec_driver_sql('PRAGMA wal_autocheckpoint').scalar_one())"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    result = run_python(probe)
     assert result.stdout.split()[-1] == "0"
 
 

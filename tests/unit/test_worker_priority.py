@@ -8,11 +8,11 @@ that lowered only its own nice value still competed with the web as an equal gro
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fresh_process import run_python
 
 AUTOGROUP = Path("/proc/self/autogroup")
 
@@ -44,15 +44,7 @@ def test_no_autogroup_reads_as_none():
 
 
 def run_probe(nicer_by: int, *, own_session: bool) -> tuple[int, int | None]:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(nicer_by)],
-        cwd=Path(__file__).resolve().parents[2],
-        start_new_session=own_session,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    result = run_python(PROBE, str(nicer_by), start_new_session=own_session)
     process_nice, _, autogroup_text = result.stdout.partition("\n")
     return int(process_nice), group_nice(autogroup_text)
 
