@@ -169,10 +169,7 @@ def measure(node: RabbitNode, layout: Layout, count: int, round_: int) -> tuple[
             declare_work_queues_as_before(url, layout.declared_as)
         publish_events(url, 100)  # declares the topology and warms the path up
         drain(url, 100)
-        running = {
-            (node.queue_layout(vhost, work_queue(name)), node.queue_mode(vhost, work_queue(name)))
-            for name in CHANNELS
-        }
+        running = {node.queue_layout(vhost, work_queue(name)) for name in CHANNELS}
         if running != {(layout.version, layout.mode)}:
             raise RuntimeError(f"asked for {layout.name}, the work queues run as {running}")
         intake = broker_ms_per_event(node_pid, count, lambda: publish_events(url, count))

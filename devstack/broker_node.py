@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from devstack.ports import ephemeral_port_range, free_port
 
@@ -33,6 +34,13 @@ class BrokerNodeError(RuntimeError):
 
 def rabbitmq_installed() -> bool:
     return os.path.exists(SERVER) and os.path.exists(CTL)
+
+
+class QueueLayout(NamedTuple):
+    """How a classic queue stores its messages: layout version 1 or 2, mode default or lazy."""
+
+    version: int
+    mode: str
 
 
 class RabbitNode:
@@ -135,23 +143,18 @@ class RabbitNode:
         finally:
             self.ctl("delete_vhost", name)
 
-    def queue_layout(self, vhost: str, queue: str) -> int:
-        """The version of the layout a classic queue runs in, as the broker reports it (not
-        what its arguments asked for)."""
-        return int(self._backing_queue_status(vhost, queue, "version"))
-
-    def queue_mode(self, vhost: str, queue: str) -> str:
-        """The mode a classic queue runs in (`default` or `lazy`), as the broker reports it."""
-        return self._backing_queue_status(vhost, queue, "mode")
-
-    def _backing_queue_status(self, vhost: str, queue: str, key: str) -> str:
-        return self._ctl_or_raise(
+    def queue_layout(self, vhost: str, queue: str) -> QueueLayout:
+        """The layout version and mode a classic queue runs in, as the broker reports them
+        (not what its arguments asked for), read in one `rabbitmqctl eval`."""
+        reported = self._ctl_or_raise(
             "eval",
             f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"{vhost}">>, queue, '
             f'<<"{queue}">>)), '
             "[{backing_queue_status, S}] = rabbit_amqqueue:info(Q, [backing_queue_status]), "
-            f"proplists:get_value({key}, S).",
-        ).strip()
+            "{proplists:get_value(version, S), proplists:get_value(mode, S)}.",
+        )
+        version, mode = reported.strip().strip("{}").split(",")  # e.g. {2,lazy}
+        return QueueLayout(int(version), mode)
 
     def start(self, *, timeout: float = START_TIMEOUT) -> None:
         """Start the node and return once it accepts connections."""

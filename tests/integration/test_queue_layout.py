@@ -19,11 +19,11 @@ DELAYS = (2000,)
 
 
 def backing_queue_version(stack, vhost_url: str, queue: str) -> int:
-    return stack.node.queue_layout(vhost_url.rsplit("/", 1)[1], queue)
+    return stack.node.queue_layout(vhost_url.rsplit("/", 1)[1], queue).version
 
 
 def backing_queue_mode(stack, vhost_url: str, queue: str) -> str:
-    return stack.node.queue_mode(vhost_url.rsplit("/", 1)[1], queue)
+    return stack.node.queue_layout(vhost_url.rsplit("/", 1)[1], queue).mode
 
 
 def declare_the_topology_over(url: str, earlier: dict[str, dict], caplog) -> None:
